@@ -111,6 +111,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.name_or_path = None  # set by from_pretrained; adapter files record it
+        self.adapter = None  # (method, config) once difflora.py has converted the model
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),

@@ -1,0 +1,459 @@
+"""
+DiffLoRA: differential low-rank adapters (Misrahi et al. 2025, arXiv 2507.23588) on a
+pretrained GPT-2, and the plain LoRA baseline it is compared against.
+
+Differential attention (Ye et al. 2024, arXiv 2410.05258) gives every head TWO attention
+maps over the same values and subtracts one from the other, so that attention both maps
+put on irrelevant tokens ("noise") cancels:
+
+    A1 = softmax(Q1 K1^T / sqrt(d) + mask)     positive map
+    A2 = softmax(Q2 K2^T / sqrt(d) + mask)     negative map      (d = head_dim)
+    DiffAttn(x) = (A1 - lambda A2) V
+
+DiffLoRA makes a pretrained attention layer differential without touching its weights.
+Every pretrained matrix stays frozen; only low-rank adapters (and lambda) are trained:
+
+                  x (B, T, C)
+      ┌───────────────┼────────────────────────┐
+      │               │                        │
+    Q1 = x W_Q + s B_q1 A_q1 x    Q2 = s B_q2 A_q2 x        V = x W_V
+    K1 = x W_K + s B_k1 A_k1 x    K2 = s B_k2 A_k2 x        (frozen, one V for both maps)
+      │  positive term                │  negative term
+    A1 = softmax(Q1 K1^T / sqrt(d))   A2 = softmax(Q2 K2^T / sqrt(d))
+      └────────────── (A1 - lambda A2) V ───────────┘
+                           │
+         [optional: (1 - lambda_init) * RMSNorm per head]
+                           │
+                     W_O (frozen)
+
+    s = alpha / r,  A: C -> r,  B: r -> C   (nn.Linear layout: delta W = s * B.weight @ A.weight)
+
+lambda is one scalar per layer, learned through the reparameterisation
+    lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init,   lq1, lk1, lq2, lk2 ~ N(0, 0.1^2)
+    lambda_init(depth) = 0.8 - 0.6 exp(-0.3 depth)           (depth counted from 0)
+lambda_init sets where lambda starts (0.2 in the first layer, ~0.78 in the twelfth): deeper
+layers subtract more. The exp form keeps the learned part smooth and lets it cross zero.
+
+Why the negative term starts with a random B. In LoRA, B = 0 makes the adapter start as a
+no-op while A still gets a gradient through B. In the negative term there is no pretrained
+part: with B = 0, Q2 = K2 = 0, and the gradient of each one is proportional to the other, so
+both stay 0 forever (A2 is uniform and never learns). The paper therefore initialises both
+A and B of the negative term with kaiming-uniform (B ~ U(+-1/sqrt(r))).
+
+Why GroupNorm is off by default. The Differential Transformer normalises each head's output
+(RMSNorm, then times 1 - lambda_init). In a pretrained model this rescales every head to a
+fixed RMS that has nothing to do with what the frozen W_O expects: the paper's fine-tuned
+Llama collapsed with it (benchmark average 0.15 against 0.42 without).
+
+What each variant computes at step 0 (before any update):
+  both terms (default, the paper's DiffLoRA-32): o_pre - lambda A2 V with a random A2: NOT
+      the pretrained model; the first steps repair that.
+  negative term only (the paper's "right only" DiffLoRA-64; no LoRA on Q1/K1): same as above.
+  shared base (the official code's default: Q2 = x W_Q + LoRA with B = 0): Q2 = Q1, so each
+      head outputs (1 - lambda) o_pre: the pretrained model only if lambda = 0.
+  any variant with GroupNorm: every head rescaled to RMS (1 - lambda_init): far from it.
+  init="preserve" (this project's addition): lambda_init = 0 and lq2 = lq1, lk2 = lk1, so
+      the exp terms cancel and lambda is exactly 0; with GroupNorm off the logits equal the
+      base model's. lambda still gets a gradient at step 1 and through it the negative term
+      starts learning.
+
+Two ways to compute it, with the same parameters. The fused path uses
+(A1 - lambda A2) V = A1 V - lambda (A2 V): one scaled_dot_product_attention call over the 2H
+stacked heads, no T x T matrix, so memory grows linearly in T. The explicit path
+materialises A1 and A2 (softmax in fp32) and can keep them for analysis (attention_maps).
+"""
+
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from model import cache_extend, causal_attention
+
+VARIANTS = ("both", "negative", "shared")
+LORA_TARGETS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_out")
+
+
+@dataclass
+class DiffLoRAConfig:
+    r: int = 16                 # rank of every adapter (the paper's "right only" run doubles it to match the budget)
+    alpha: float = 32.0         # scale s = alpha / r
+    dropout: float = 0.1        # on x before each A, an independent mask per adapter (the paper's 0.1)
+    variant: str = "both"       # both | negative | shared (see the module docstring)
+    learn_lambda: bool = True   # False: lambda is fixed at lambda_init (the paper found 0.1 more stable)
+    lambda_init: float | None = None  # None: the depth schedule; a number: that constant for every layer
+    groupnorm: bool = False     # per-head RMSNorm times (1 - lambda_init); off, as in the paper's main runs
+    lora_v: bool = False        # also LoRA on V (reads x)
+    lora_o: bool = False        # also LoRA on the output projection (reads the attention output)
+    init: str = "paper"         # paper | preserve (step 0 equals the base model exactly)
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.init not in ("paper", "preserve"):
+            raise ValueError(f"init must be 'paper' or 'preserve', got {self.init!r}")
+        if self.r < 1:
+            raise ValueError(f"rank r must be >= 1, got {self.r}")
+        if self.init == "preserve" and (self.groupnorm or not self.learn_lambda or self.lambda_init not in (None, 0)):
+            raise ValueError("init='preserve' starts from lambda = 0 and needs learn_lambda=True, groupnorm=False "
+                             "and lambda_init None or 0 (a fixed lambda of 0 would never train the negative term)")
+
+
+@dataclass
+class LoRAConfig:
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: tuple = LORA_TARGETS  # any of q, k, v (thirds of the fused c_attn), attn_out, mlp_in, mlp_out
+
+    def __post_init__(self):
+        self.targets = tuple(self.targets)
+        bad = [t for t in self.targets if t not in LORA_TARGETS]
+        if bad or not self.targets:
+            raise ValueError(f"LoRA targets must be a non-empty subset of {LORA_TARGETS}, got {self.targets}")
+        if self.r < 1:
+            raise ValueError(f"rank r must be >= 1, got {self.r}")
+
+
+def lambda_init_schedule(depth):
+    """lambda_init(depth) = 0.8 - 0.6 exp(-0.3 depth), depth counted from 0."""
+    return 0.8 - 0.6 * math.exp(-0.3 * depth)
+
+
+class LoRA(nn.Module):
+    """delta(x) = s * B(A(dropout(x))), s = alpha / r. A (r, in) is kaiming-uniform, i.e.
+    U(+-1/sqrt(in)); B (out, r) is zero, or kaiming U(+-1/sqrt(r)) with random_b (the
+    negative term). The weight delta in nn.Linear layout is s * B.weight @ A.weight (out, in)."""
+
+    def __init__(self, in_features, out_features, r, alpha, dropout=0.0, random_b=False, like=None):
+        super().__init__()
+        kw = dict(device=like.device, dtype=like.dtype) if like is not None else {}
+        self.A = nn.Linear(in_features, r, bias=False, **kw)
+        self.B = nn.Linear(r, out_features, bias=False, **kw)
+        nn.init.kaiming_uniform_(self.A.weight, a=math.sqrt(5))
+        if random_b:
+            nn.init.kaiming_uniform_(self.B.weight, a=math.sqrt(5))
+        else:
+            nn.init.zeros_(self.B.weight)
+        self.scale = alpha / r
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.scale * self.B(self.A(self.dropout(x)))  # (..., in) -> (..., out)
+
+    def delta_weight(self):
+        return self.scale * self.B.weight @ self.A.weight  # (out, in)
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus LoRA on some equal parts of its output. GPT-2's c_attn fuses
+    q, k, v into one (3C, C) matrix: parts ("q", "k", "v") let LoRA touch q and k only."""
+
+    def __init__(self, base, parts, config):
+        super().__init__()
+        self.base, self.parts = base, parts
+        width = base.out_features // len(parts)
+        self.lora = nn.ModuleDict({p: LoRA(base.in_features, width, config.r, config.alpha, config.dropout, like=base.weight)
+                                   for p in parts if p in config.targets})
+        self.merged = False
+
+    def forward(self, x):
+        y = self.base(x)
+        if self.merged:
+            return y
+        ys = list(y.chunk(len(self.parts), dim=-1))
+        for i, p in enumerate(self.parts):
+            if p in self.lora:
+                ys[i] = ys[i] + self.lora[p](x)
+        return torch.cat(ys, dim=-1)
+
+    def fold(self, sign):
+        """Add (sign=+1, merge) or subtract (-1, unmerge) every adapter's delta into the base weight."""
+        width = self.base.out_features // len(self.parts)
+        with torch.no_grad():
+            for i, p in enumerate(self.parts):
+                if p in self.lora:
+                    self.base.weight[i * width:(i + 1) * width] += sign * self.lora[p].delta_weight()
+        self.merged = sign > 0
+
+
+class DiffLoRAAttention(nn.Module):
+    """Replaces a pretrained CausalSelfAttention (model.py) in place; shares its frozen c_attn
+    (W_Q, W_K, W_V fused) and c_proj (W_O). Same head count and head_dim."""
+
+    def __init__(self, attn, depth, config):
+        super().__init__()
+        self.c_attn, self.c_proj, self.resid_dropout = attn.c_attn, attn.c_proj, attn.resid_dropout
+        self.n_head, self.dropout, self.variant = attn.n_head, attn.dropout, config.variant
+        C = self.c_attn.in_features
+        hd = C // self.n_head
+        lora = lambda random_b=False: LoRA(C, C, config.r, config.alpha, config.dropout, random_b, like=self.c_attn.weight)
+        kw = dict(device=self.c_attn.weight.device, dtype=self.c_attn.weight.dtype)
+        positive = config.variant != "negative"  # positive term: pretrained + LoRA (B = 0)
+        self.lora_q1, self.lora_k1 = (lora(), lora()) if positive else (None, None)
+        # negative term: LoRA only, so both A and B random (see the docstring); shared base: B = 0
+        self.lora_q2, self.lora_k2 = lora(config.variant != "shared"), lora(config.variant != "shared")
+        self.lora_v = lora() if config.lora_v else None
+        self.lora_o = lora() if config.lora_o else None
+        self.lambda_init = 0.0 if config.init == "preserve" else (
+            lambda_init_schedule(depth) if config.lambda_init is None else float(config.lambda_init))
+        self.learn_lambda = config.learn_lambda
+        if config.learn_lambda:
+            self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2 = (
+                nn.Parameter(0.1 * torch.randn(hd, **kw)) for _ in range(4))
+            if config.init == "preserve":  # exp(lq1.lk1) - exp(lq2.lk2) is then exactly 0
+                self.lambda_q2.data.copy_(self.lambda_q1.data)
+                self.lambda_k2.data.copy_(self.lambda_k1.data)
+        self.gn_gain = nn.Parameter(torch.ones(hd, **kw)) if config.groupnorm else None
+        self.explicit = False   # True: materialise A1, A2 (analysis, tests); False: fused kernels
+        self.keep_maps = False  # with explicit: keep (A1, lambda A2) of the last call in self.maps
+        self.maps = None
+        self.merged = False
+
+    def lam(self):
+        """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init (a 0-dim tensor), or the fixed value."""
+        if not self.learn_lambda:
+            return torch.tensor(self.lambda_init, device=self.c_attn.weight.device)
+        return torch.exp(self.lambda_q1 @ self.lambda_k1) - torch.exp(self.lambda_q2 @ self.lambda_k2) + self.lambda_init
+
+    def forward(self, x, cache=None):
+        B, T, C = x.size()
+        H, hd = self.n_head, C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each, pretrained (positive LoRA folded in when merged)
+        q1, k1 = q, k
+        if self.lora_q1 is not None and not self.merged:
+            q1, k1 = q + self.lora_q1(x), k + self.lora_k1(x)
+        q2, k2 = self.lora_q2(x), self.lora_k2(x)
+        if self.variant == "shared":
+            q2, k2 = q + q2, k + k2
+        if self.lora_v is not None and not self.merged:
+            v = v + self.lora_v(x)
+        q1, k1, q2, k2, v = (t.view(B, T, H, hd).transpose(1, 2) for t in (q1, k1, q2, k2, v))  # (B, H, T, hd)
+        k1, k2, v = cache_extend(cache, k1=k1, k2=k2, v=v)  # (B, H, Tk, hd)
+        lam = self.lam()
+        p = self.dropout if self.training else 0.0
+        if self.explicit:
+            y = self.explicit_attention(q1, k1, q2, k2, v, lam, p)
+        else:  # one fused call over the 2H stacked heads: [A1 V ; A2 V]
+            y = causal_attention(torch.cat([q1, q2], 1), torch.cat([k1, k2], 1), torch.cat([v, v], 1), p)  # (B, 2H, T, hd)
+            y1, y2 = y.chunk(2, dim=1)
+            y = y1 - lam * y2  # (B, H, T, hd)
+        if self.gn_gain is not None:  # each head normalised on its own, then the fixed (1 - lambda_init)
+            y = (1 - self.lambda_init) * F.rms_norm(y, (hd,), self.gn_gain, eps=1e-5)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        out = self.c_proj(y)
+        if self.lora_o is not None and not self.merged:
+            out = out + self.lora_o(y)
+        return self.resid_dropout(out)
+
+    def explicit_attention(self, q1, k1, q2, k2, v, lam, p):
+        """(A1 - lambda A2) V with both maps materialised, softmax in fp32."""
+        Tq, Tk, hd = q1.size(-2), k1.size(-2), q1.size(-1)
+        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q1.device).tril(Tk - Tq)  # row i sees keys <= its position
+        a1, a2 = ((q @ k.transpose(-2, -1)).float().div(math.sqrt(hd)).masked_fill(~mask, float("-inf")).softmax(-1)
+                  for q, k in ((q1, k1), (q2, k2)))  # (B, H, Tq, Tk) each
+        if self.keep_maps:
+            self.maps = (a1.detach(), (lam * a2).detach())
+        a1, a2 = F.dropout(a1, p), F.dropout(a2, p)  # independent masks, as in the stacked fused call
+        return ((a1 - lam * a2) @ v.float()).to(v.dtype)  # (B, H, Tq, hd)
+
+    def fold(self, sign):
+        """Merge (+1) the positive-term LoRA (and those on V and W_O) into the frozen weights, or
+        take it back out (-1). The negative term has no pretrained matrix to fold into: it stays."""
+        if self.variant == "shared":
+            raise ValueError("the shared-base variant cannot be merged: its negative term reads the same W_Q, W_K, "
+                             "so folding the positive LoRA into them would change the negative term too")
+        C = self.c_attn.in_features
+        with torch.no_grad():
+            for i, lora in enumerate((self.lora_q1, self.lora_k1, self.lora_v)):
+                if lora is not None:
+                    self.c_attn.weight[i * C:(i + 1) * C] += sign * lora.delta_weight()
+            if self.lora_o is not None:
+                self.c_proj.weight += sign * self.lora_o.delta_weight()
+        self.merged = sign > 0
+
+
+# ----------------------------------------------------------------------------- converting a model
+
+def _check_unadapted(model):
+    if model.adapter is not None:
+        raise ValueError(f"this model already has a {model.adapter[0]} adapter; load a fresh base model")
+
+
+def apply_difflora(model, config):
+    """Turn every attention layer of a loaded GPT into a DiffLoRA one, in place; freeze all
+    but the adapters, the lambda vectors and the GroupNorm gains."""
+    _check_unadapted(model)
+    model.requires_grad_(False)
+    for depth, block in enumerate(model.transformer.h):
+        block.attn = DiffLoRAAttention(block.attn, depth, config)
+    model.adapter = ("difflora", config)
+    return model
+
+
+def apply_lora(model, config):
+    """Put LoRA on the chosen linear maps of every block, in place; freeze all but the adapters."""
+    _check_unadapted(model)
+    model.requires_grad_(False)
+    t = set(config.targets)
+    for block in model.transformer.h:
+        if t & {"q", "k", "v"}:
+            block.attn.c_attn = LoRALinear(block.attn.c_attn, ("q", "k", "v"), config)
+        if "attn_out" in t:
+            block.attn.c_proj = LoRALinear(block.attn.c_proj, ("attn_out",), config)
+        if "mlp_in" in t:
+            block.mlp.c_fc = LoRALinear(block.mlp.c_fc, ("mlp_in",), config)
+        if "mlp_out" in t:
+            block.mlp.c_proj = LoRALinear(block.mlp.c_proj, ("mlp_out",), config)
+    model.adapter = ("lora", config)
+    return model
+
+
+def _kind(name):
+    """What a parameter is, from its name: 'LoRA q1', 'LoRA mlp_in', 'lambda', 'GroupNorm gain', 'base model'."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("lora_"):
+            return "LoRA " + part[5:]
+        if part == "lora":
+            return "LoRA " + parts[i + 1]
+    if parts[-1].startswith("lambda_"):
+        return "lambda"
+    return "GroupNorm gain" if parts[-1] == "gn_gain" else "base model"
+
+
+def param_counts(model):
+    """{kind: (trainable, frozen)} parameter counts; the tied lm_head is counted once."""
+    counts = {}
+    for name, p in model.named_parameters():
+        t, f = counts.get(_kind(name), (0, 0))
+        counts[_kind(name)] = (t + p.numel(), f) if p.requires_grad else (t, f + p.numel())
+    return counts
+
+
+def param_report(model):
+    """A small table of param_counts, for printing."""
+    counts = param_counts(model)
+    rows = [f"{'kind':<16}{'trainable':>14}{'frozen':>14}"]
+    rows += [f"{k:<16}{t:>14,}{f:>14,}" for k, (t, f) in counts.items()]
+    total_t, total_f = (sum(c[i] for c in counts.values()) for i in (0, 1))
+    rows.append(f"{'total':<16}{total_t:>14,}{total_f:>14,}  ({100 * total_t / (total_t + total_f):.3f}% trainable)")
+    return "\n".join(rows)
+
+
+def _adapted_modules(model):
+    return [m for m in model.modules() if isinstance(m, (LoRALinear, DiffLoRAAttention))]
+
+
+def merge(model):
+    """Fold the adapters into the frozen weights (LoRA: all; DiffLoRA: the positive term, V, W_O)."""
+    for m in _adapted_modules(model):
+        if not m.merged:
+            m.fold(+1)
+
+
+def unmerge(model):
+    for m in _adapted_modules(model):
+        if m.merged:
+            m.fold(-1)
+
+
+def set_attention_path(model, explicit):
+    """Choose the fused (False) or explicit (True) differential attention in every layer."""
+    for m in model.modules():
+        if isinstance(m, DiffLoRAAttention):
+            m.explicit = explicit
+
+
+@torch.no_grad()
+def attention_maps(model, idx):
+    """Run idx (B, T) through the explicit path and return, per layer, (A1, lambda*A2, lambda)
+    with the maps of shape (B, H, T, T) in fp32; the differential map is A1 - lambda*A2."""
+    layers = [m for m in model.modules() if isinstance(m, DiffLoRAAttention)]
+    if not layers:
+        raise ValueError("attention_maps needs a model with DiffLoRA layers (apply_difflora or load_adapter)")
+    for m in layers:
+        m.explicit = m.keep_maps = True
+    try:
+        model(idx)
+        return [(m.maps[0], m.maps[1], m.lam().item()) for m in layers]
+    finally:
+        for m in layers:
+            m.explicit = m.keep_maps = False
+            m.maps = None
+
+
+# ----------------------------------------------------------------------------- adapter files
+
+def base_identity(model):
+    c = model.config
+    return dict(name_or_path=str(model.name_or_path), n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head, vocab_size=c.vocab_size)
+
+
+def trainable_state_dict(model):
+    """Exactly what was trained: the tensors that require grad (adapters, lambda vectors, gains)."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapter(model, path):
+    """Write the trainable tensors to a safetensors file, with the method, its configuration and
+    the base model's identity as metadata. Atomic: a crash mid-write leaves the old file intact."""
+    method, config = model.adapter
+    from safetensors.torch import save_file
+    metadata = {"method": method, "config": json.dumps(asdict(config)), "base": json.dumps(base_identity(model))}
+    tmp = path + ".tmp"
+    save_file({k: v.contiguous().cpu() for k, v in trainable_state_dict(model).items()}, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def read_adapter(path):
+    """(method, config, base identity, tensors) of an adapter file."""
+    from safetensors.torch import load_file
+    from safetensors import safe_open
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(path)
+    except Exception as e:
+        raise ValueError(f"could not read adapter file {path}: truncated or corrupt ({type(e).__name__}: {e})") from e
+    if meta.get("method") not in ("difflora", "lora"):
+        raise ValueError(f"{path} is not an adapter file of this project (no difflora/lora method in its metadata)")
+    cls = DiffLoRAConfig if meta["method"] == "difflora" else LoRAConfig
+    return meta["method"], cls(**json.loads(meta["config"])), json.loads(meta["base"]), tensors
+
+
+def load_adapter(model, path):
+    """Load an adapter file onto a base GPT (applying its method and configuration), or onto a
+    model already converted with the same method and configuration. Returns the model."""
+    method, config, base, tensors = read_adapter(path)
+    ours = base_identity(model)
+    for key in ("n_layer", "n_embd", "n_head", "vocab_size"):
+        if base[key] != ours[key]:
+            raise ValueError(f"adapter {path} was trained on a base model with {key}={base[key]} "
+                             f"({base['name_or_path']}), this model has {key}={ours[key]} ({ours['name_or_path']})")
+    if base["name_or_path"] != ours["name_or_path"]:
+        warnings.warn(f"adapter {path} was trained on {base['name_or_path']}, loading it onto {ours['name_or_path']} (same shape)")
+    if model.adapter is None:
+        (apply_difflora if method == "difflora" else apply_lora)(model, config)
+    elif model.adapter[0] != method:
+        raise ValueError(f"adapter {path} holds a {method} adapter, but this model has a {model.adapter[0]} adapter")
+    elif model.adapter[1] != config:
+        raise ValueError(f"adapter {path} was saved with {config}, this model has {model.adapter[1]}")
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise ValueError(f"adapter {path} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
+    if any(m.merged for m in _adapted_modules(model)):
+        raise ValueError("unmerge the model before loading adapter weights into it")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            if t.shape != params[name].shape:
+                raise ValueError(f"adapter tensor {name} has shape {tuple(t.shape)}, the model expects {tuple(params[name].shape)}")
+            params[name].copy_(t)
+    return model
