@@ -65,7 +65,6 @@ materialises A1 and A2 (softmax in fp32) and can keep them for analysis (attenti
 
 import json
 import math
-import os
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -73,7 +72,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from model import cache_extend, causal_attention
+from model import cache_extend, causal_attention, save_atomically
 
 VARIANTS = ("both", "negative", "shared")
 LORA_TARGETS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_out")
@@ -99,6 +98,8 @@ class DiffLoRAConfig:
             raise ValueError(f"init must be 'paper' or 'preserve', got {self.init!r}")
         if self.r < 1:
             raise ValueError(f"rank r must be >= 1, got {self.r}")
+        if self.lambda_init is not None and not isinstance(self.lambda_init, (int, float)):
+            raise ValueError(f"lambda_init must be None (the depth schedule) or a number, got {self.lambda_init!r}")
         if self.init == "preserve" and (self.groupnorm or not self.learn_lambda or self.lambda_init not in (None, 0)):
             raise ValueError("init='preserve' starts from lambda = 0 and needs learn_lambda=True, groupnorm=False "
                              "and lambda_init None or 0 (a fixed lambda of 0 would never train the negative term)")
@@ -185,6 +186,7 @@ class LoRALinear(nn.Module):
 class DiffLoRAAttention(nn.Module):
     """Replaces a pretrained CausalSelfAttention (model.py) in place; shares its frozen c_attn
     (W_Q, W_K, W_V fused) and c_proj (W_O). Same head count and head_dim."""
+    n_maps = 2
 
     def __init__(self, attn, depth, config):
         super().__init__()
@@ -406,9 +408,8 @@ def save_adapter(model, path):
     method, config = model.adapter
     from safetensors.torch import save_file
     metadata = {"method": method, "config": json.dumps(asdict(config)), "base": json.dumps(base_identity(model))}
-    tmp = path + ".tmp"
-    save_file({k: v.contiguous().cpu() for k, v in trainable_state_dict(model).items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    tensors = {k: v.contiguous().cpu() for k, v in trainable_state_dict(model).items()}
+    save_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_adapter(path):

@@ -37,6 +37,16 @@ def causal_attention(q, k, v, dropout_p=0.0):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
+def save_atomically(path, write):
+    """write(tmp_path), then rename over path: a crash mid-write never destroys the old file."""
+    tmp = path + ".tmp"
+    write(tmp)
+    umask = os.umask(0)  # some writers (safetensors) create files 0600; give the file the usual mode
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def cache_extend(cache, **new):
     """Append each new (B, H, T, d) tensor along time to a layer's cache dict and return the
     full tensors, in the order given. With cache None (no caching) return them unchanged."""
@@ -57,6 +67,7 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
+    n_maps = 1  # attention maps per head (DiffLoRA has 2); used to count FLOPs
 
     def __init__(self, config):
         super().__init__()
@@ -165,10 +176,45 @@ class GPT(nn.Module):
 
     def crop_block_size(self, block_size):
         """Shrink the context (e.g. 1024 -> 256) to save memory; keeps the first positions."""
-        assert 0 < block_size <= self.config.block_size, f"block_size must be in 1..{self.config.block_size}"
+        if not 0 < block_size <= self.config.block_size:
+            raise ValueError(f"block_size must be in 1..{self.config.block_size} (the model's context), got {block_size}")
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone(),
                                                    requires_grad=self.transformer.wpe.weight.requires_grad)
+
+    def flops_per_token(self, T):
+        """Training FLOPs (forward + backward) per token at sequence length T. Every matmul weight
+        costs 2 FLOPs forward and 2 backward (gradient of its input); only trainable ones cost 2 more
+        for their own gradient. Attention costs 4 C T forward per map (QK^T and AV), twice that
+        backward. For full fine-tuning this is nanoGPT's 6 N + 12 L C T."""
+        matmul = [p for n, p in self.named_parameters() if p.dim() == 2 and "wpe" not in n]  # wte counts as lm_head
+        n_all = sum(p.numel() for p in matmul)
+        n_trainable = sum(p.numel() for p in matmul if p.requires_grad)
+        attn = sum(b.attn.n_maps * 4 * self.config.n_embd * T for b in self.transformer.h)
+        return 4 * n_all + 2 * n_trainable + 3 * attn
+
+    def save_pretrained(self, path):
+        """Write config.json and model.safetensors in the Hugging Face GPT-2 layout (Conv1D weights
+        transposed back), so from_pretrained and transformers both load the result."""
+        from safetensors.torch import save_file
+        if self.adapter is not None:
+            raise ValueError("save_pretrained writes a plain GPT-2; merge or save the adapter with difflora.save_adapter")
+        os.makedirs(path, exist_ok=True)
+        sd = {}
+        for name, t in self.state_dict().items():
+            if name == "lm_head.weight":
+                continue  # tied to wte
+            sd[name] = (t.t() if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else t).contiguous().cpu()
+        c = self.config
+        hf = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_positions=c.block_size, n_ctx=c.block_size,
+                  vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_inner=c.n_inner,
+                  layer_norm_epsilon=c.layer_norm_epsilon, activation_function="gelu_new", tie_word_embeddings=True,
+                  resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout)
+        save_atomically(os.path.join(path, "model.safetensors"), lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
+        def write_config(tmp):
+            with open(tmp, "w") as f:
+                json.dump(hf, f, indent=2)
+        save_atomically(os.path.join(path, "config.json"), write_config)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu"):
         """AdamW over the parameters that require grad. Weight decay goes to matrices (linear
@@ -235,6 +281,16 @@ class GPT(nn.Module):
         if "block_size" in overrides:
             model.crop_block_size(overrides["block_size"])
         return model
+
+
+def peak_flops(device):
+    """Dense bf16 peak FLOP/s of a known GPU, for MFU; None when unknown (CPU included)."""
+    if not str(device).startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    table = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12,
+             "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
+    return next((v for k, v in table.items() if k in name), None)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):

@@ -182,7 +182,7 @@ def test_groupnorm_head_rms_is_one_minus_lambda_init(hf_tiny):
 def test_shared_base_with_zero_b_scales_heads_by_one_minus_lambda(hf_tiny):
     base = GPT.from_pretrained(hf_tiny[0]).eval()
     m = adapted(hf_tiny[0], variant="shared", learn_lambda=False, lambda_init=0.3).eval()
-    assert all(float(a.lora_q2.B.weight.abs().sum()) == 0 for a in layers(m))
+    assert all(a.lora_q2.B.weight.abs().sum().item() == 0 for a in layers(m))
     idx = batch()[0]
     # layer 0 sees the same input in both models; later layers see the rescaled residual stream
     ours, ref = head_outputs(m, idx)[0], head_outputs(base, idx)[0]

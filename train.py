@@ -1,0 +1,362 @@
+"""
+Fine-tune a pretrained GPT-2 with DiffLoRA (or LoRA, or fully) on a tokenized dataset.
+
+    python train.py                                   # DiffLoRA on gpt2, tiny-shakespeare, one GPU
+    python train.py config/train_lora.py              # the LoRA baseline at the same parameter budget
+    python train.py config/train_tiny_cpu.py          # a couple of minutes on a laptop CPU
+    python train.py --method=lora --max_iters=500     # any setting below can be overridden
+    python train.py --init_from=resume                # continue the run in out_dir exactly
+    torchrun --standalone --nproc_per_node=4 train.py # DistributedDataParallel on 4 GPUs
+"""
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch.distributed import all_gather_object, barrier, destroy_process_group, init_process_group
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from configurator import configure
+from difflora import DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, param_report, save_adapter
+from model import GPT, peak_flops, save_atomically
+
+# -----------------------------------------------------------------------------
+# defaults: the paper's main DiffLoRA setting (both terms, learned lambda, depth-schedule
+# lambda_init, GroupNorm off, no weight decay, 3% warmup) scaled down to GPT-2 on shakespeare
+out_dir = "out-shakespeare-difflora"
+init_from = "gpt2"  # a GPT-2 hub id, a local Hugging Face checkpoint directory, or 'resume' (from out_dir)
+eval_interval = 50
+eval_iters = 20  # fixed batches per split, the same at every evaluation
+log_interval = 10
+always_save_checkpoint = True  # False: save only when the validation loss improves
+# data
+dataset = "shakespeare"  # a folder under data/ (or any path) holding train.bin / val.bin
+batch_size = 8
+block_size = 256
+gradient_accumulation_steps = 4
+# method
+method = "difflora"  # difflora | lora | full
+lora_rank = 16
+lora_alpha = 32.0
+lora_dropout = 0.1
+variant = "both"  # difflora: both | negative | shared
+learn_lambda = True
+lambda_init = None  # None: 0.8 - 0.6 exp(-0.3 depth); a number: that constant
+groupnorm = False
+lora_v = False
+lora_o = False
+init = "paper"  # paper | preserve
+lora_targets = "q,k,v,attn_out,mlp_in,mlp_out"  # lora: comma-separated linear maps
+dropout = 0.0  # the base model's own dropout
+# optimiser
+learning_rate = 2e-4
+max_iters = 300
+lr_decay_iters = 0  # cosine decay length; 0: max_iters
+min_lr = 2e-5
+warmup_iters = 10
+weight_decay = 0.0
+beta1 = 0.9
+beta2 = 0.999
+grad_clip = 1.0  # 0: off
+# system
+device = "auto"  # auto | cpu | cuda | cuda:1 ...
+dtype = "auto"  # auto (bf16 where supported, else fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+compile = False
+seed = 1337
+# -----------------------------------------------------------------------------
+config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))}
+config = configure(config, sys.argv[1:])
+globals().update(config)
+MODEL_KEYS = ("method", "lora_rank", "lora_alpha", "lora_dropout", "variant", "learn_lambda", "lambda_init", "groupnorm",
+              "lora_v", "lora_o", "init", "lora_targets", "dropout", "block_size")  # what a resumed run keeps
+
+# distributed setup: torchrun sets RANK; nccl on GPUs, gloo on CPU
+ddp = int(os.environ.get("RANK", -1)) != -1
+if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+if ddp:
+    init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    ddp_rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    if gradient_accumulation_steps % world_size:
+        raise SystemExit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} must be divisible by the {world_size} processes")
+    gradient_accumulation_steps //= world_size
+else:
+    ddp_rank, world_size = 0, 1
+master = ddp_rank == 0
+device_type = "cuda" if device.startswith("cuda") else "cpu"
+if dtype == "auto":
+    dtype = "float32" if device_type == "cpu" else "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
+if device_type == "cuda":
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+# a resumed run takes its model settings (method, adapter, base, block_size) from the checkpoint
+iter_num, best_val_loss, metrics, ckpt = 0, float("inf"), {"log": [], "eval": []}, None
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+if init_from == "resume":
+    if not os.path.exists(ckpt_path):
+        raise SystemExit(f"error: init_from=resume but there is no checkpoint at {ckpt_path}")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"error: could not read checkpoint {ckpt_path}: it is truncated or corrupt ({type(e).__name__}). "
+                         f"Start again from a base model with --init_from=gpt2 (or a directory).")
+    changed = {k: ckpt["config"][k] for k in MODEL_KEYS if config[k] != ckpt["config"][k]}
+    if changed and master:
+        print(f"resuming: model settings come from the checkpoint: {changed}")
+    config.update({k: ckpt["config"][k] for k in MODEL_KEYS})
+    globals().update({k: config[k] for k in MODEL_KEYS})
+    base = ckpt["base"]
+    iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+    if os.path.exists(os.path.join(out_dir, "metrics.json")):
+        with open(os.path.join(out_dir, "metrics.json")) as f:
+            metrics = {k: [row for row in rows if row["iter"] <= iter_num] for k, rows in json.load(f).items()}
+else:
+    base = init_from
+
+tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
+
+# data: a token stream in {split}.bin (uint16); an optional {split}_mask.bin (uint8, 0 = not
+# counted) turns those targets into -1, which the loss ignores (e.g. prompts of a QA dataset)
+data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
+if not os.path.isdir(data_dir):
+    data_dir = dataset
+prepare = os.path.join(data_dir, "prepare.py")
+if not os.path.exists(os.path.join(data_dir, "train.bin")) and os.path.exists(prepare):
+    if master:
+        print(f"{data_dir}/train.bin is missing: running {prepare}")
+        if subprocess.run([sys.executable, prepare]).returncode != 0:
+            raise SystemExit(f"error: {prepare} failed; run it by hand (see its --help)")
+    if ddp:
+        barrier()
+for split in ("train", "val"):
+    path = os.path.join(data_dir, f"{split}.bin")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: dataset {dataset!r} not found: no {path}. Prepare it first "
+                         f"(e.g. python data/shakespeare/prepare.py) or pass --dataset=FOLDER with train.bin and val.bin")
+    if os.path.getsize(path) // 2 <= block_size:
+        raise SystemExit(f"error: {path} holds fewer than block_size+1 = {block_size + 1} tokens")
+
+
+def get_batch(split, ix=None):
+    """(x, y) of shape (batch_size, block_size) from windows starting at ix (random if None)."""
+    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")  # reopened: memmaps leak otherwise
+    if ix is None:
+        ix = torch.randint(len(data) - block_size, (batch_size,))
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    mask_path = os.path.join(data_dir, f"{split}_mask.bin")
+    if os.path.exists(mask_path):
+        mask = np.memmap(mask_path, dtype=np.uint8, mode="r")
+        keep = torch.stack([torch.from_numpy(mask[i + 1:i + 1 + block_size].astype(np.bool_)) for i in ix])
+        y = y.masked_fill(~keep, -1)
+    if device_type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+# the same validation (and train-estimate) windows at every evaluation, so the curves compare
+eval_ix = {}
+for split in ("train", "val"):
+    n = os.path.getsize(os.path.join(data_dir, f"{split}.bin")) // 2
+    eval_ix[split] = torch.randint(n - block_size, (eval_iters, batch_size), generator=torch.Generator().manual_seed(seed))
+
+# model
+torch.manual_seed(seed)  # the adapters' initialisation
+try:
+    model = GPT.from_pretrained(base, dropout=dropout, block_size=block_size)
+except (OSError, ValueError) as e:
+    raise SystemExit(f"error: {e}")
+try:
+    if method == "difflora":
+        apply_difflora(model, DiffLoRAConfig(r=lora_rank, alpha=lora_alpha, dropout=lora_dropout, variant=variant,
+                                             learn_lambda=learn_lambda, lambda_init=lambda_init, groupnorm=groupnorm,
+                                             lora_v=lora_v, lora_o=lora_o, init=init))
+    elif method == "lora":
+        apply_lora(model, LoRAConfig(r=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets.split(",")))
+    elif method != "full":
+        raise ValueError(f"method must be difflora, lora or full, got {method!r}")
+except ValueError as e:
+    raise SystemExit(f"error: {e}")
+if ckpt is not None:
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(ckpt["trainable"]) != expected:
+        raise SystemExit(f"error: checkpoint {ckpt_path} does not fit the model built from its own settings")
+    with torch.no_grad():
+        for name, t in ckpt["trainable"].items():
+            params[name].copy_(t)
+model.to(device)
+if master:
+    print(param_report(model))
+
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+if ckpt is not None:
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+ckpt = None  # free memory
+raw_model = model
+if compile:
+    model = torch.compile(model)
+if ddp:
+    model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
+trainable = [p for p in raw_model.parameters() if p.requires_grad]
+flops_per_iter = raw_model.flops_per_token(block_size) * tokens_per_iter
+peak = peak_flops(device)
+
+
+def get_lr(it):
+    """Linear warmup, then cosine decay to min_lr at lr_decay_iters."""
+    decay_iters = lr_decay_iters or max_iters
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+@torch.no_grad()
+def estimate_loss():
+    model.eval()
+    out = {}
+    for split in ("train", "val"):
+        losses = []
+        for ix in eval_ix[split]:
+            with ctx:
+                losses.append(model(*get_batch(split, ix))[1].item())
+        out[split] = sum(losses) / len(losses)
+    model.train()
+    return out
+
+
+def lambdas():
+    return [round(b.attn.lam().item(), 6) for b in raw_model.transformer.h] if method == "difflora" else []
+
+
+def plot_metrics(path):
+    """Loss curves and, for DiffLoRA, lambda per layer over the iterations."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ev = metrics["eval"]
+    fig, axes = plt.subplots(1, 2 if method == "difflora" else 1, figsize=(12 if method == "difflora" else 6, 4), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot([r["iter"] for r in metrics["log"]], [r["loss"] for r in metrics["log"]], alpha=0.3, label="train (batch)")
+    ax.plot([r["iter"] for r in ev], [r["train"] for r in ev], "o-", label="train (eval)")
+    ax.plot([r["iter"] for r in ev], [r["val"] for r in ev], "o-", label="val")
+    ax.set(xlabel="iteration", ylabel="loss", title=f"{method} on {dataset}, {base}")
+    ax.legend()
+    if method == "difflora":
+        ax = axes[0, 1]
+        for layer in range(raw_model.config.n_layer):
+            ax.plot([r["iter"] for r in ev], [r["lambda"][layer] for r in ev], label=f"layer {layer}")
+        ax.set(xlabel="iteration", ylabel="lambda", title="lambda per layer")
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def save_checkpoint():
+    """ckpt.pt holds everything a resume needs (trained tensors, optimiser, iteration, settings);
+    beside it the file people use: adapter.safetensors, or for full a Hugging Face checkpoint.
+    Each is written to a temporary file and renamed, so a crash never destroys the last one."""
+    os.makedirs(out_dir, exist_ok=True)
+    state = {"trainable": {n: p.detach().cpu() for n, p in raw_model.named_parameters() if p.requires_grad},
+             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "iter_num": iter_num,
+             "best_val_loss": best_val_loss, "config": config, "base": base}
+    save_atomically(ckpt_path, lambda tmp: torch.save(state, tmp))
+    if method == "full":
+        raw_model.save_pretrained(out_dir)
+    else:
+        save_adapter(raw_model, os.path.join(out_dir, "adapter.safetensors"))
+
+
+def write_json(path, obj):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+    save_atomically(path, write)
+
+
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(os.path.join(out_dir, "train_config.json"), {**config, "base": base, "device": device, "dtype": dtype})
+    print(json.dumps({**config, "base": base, "device": device, "dtype": dtype}, indent=1))
+    print(f"tokens per iteration: {tokens_per_iter:,}; {raw_model.flops_per_token(block_size) / 1e9:.2f} GFLOP per token")
+
+model.train()
+t0 = time.time()
+start_iter = iter_num
+while True:
+    if (iter_num % eval_interval == 0 or iter_num == max_iters) and not (iter_num == start_iter > 0):  # a resume has it already
+        losses = estimate_loss()
+        if master:
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                  + (f", lambda {lambdas()}" if method == "difflora" else ""))
+            metrics["eval"].append({"iter": iter_num, **losses, "lambda": lambdas()})
+            improved = losses["val"] < best_val_loss
+            best_val_loss = min(best_val_loss, losses["val"])
+            if iter_num > 0 and (always_save_checkpoint or improved):
+                save_checkpoint()
+            write_json(os.path.join(out_dir, "metrics.json"), metrics)
+            plot_metrics(os.path.join(out_dir, "curves.png"))
+        t0 = time.time()  # evaluation time is not training time
+    if iter_num >= max_iters:
+        break
+
+    # randomness (batches, dropout) derives from (seed, rank, iteration) alone, so a resumed
+    # run replays exactly what an uninterrupted one would have done
+    torch.manual_seed(seed + 100_003 * ddp_rank + iter_num)
+    lr = get_lr(iter_num)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    for micro_step in range(gradient_accumulation_steps):
+        x, y = get_batch("train")
+        if ddp:  # sync gradients on the last micro step only
+            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        with ctx:
+            _, loss = model(x, y)
+            loss = loss / gradient_accumulation_steps
+        scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    iter_num += 1
+
+    if iter_num % log_interval == 0 and master:
+        lossf = loss.item() * gradient_accumulation_steps  # .item() syncs: the timing below is real
+        dt = (time.time() - t0) / log_interval
+        t0 = time.time()
+        mfu = f"{100 * flops_per_iter / dt / peak:.1f}%" if peak else "n/a"
+        lam = f", lambda {[round(v, 3) for v in lambdas()]}" if method == "difflora" else ""
+        print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms, "
+              f"{tokens_per_iter / dt:,.0f} tok/s, mfu {mfu}{lam}")
+        metrics["log"].append({"iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "tok_s": tokens_per_iter / dt})
+
+if ddp:
+    digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in trainable)).hexdigest()
+    digests = [None] * world_size
+    all_gather_object(digests, digest)
+    if master:
+        print(f"all {world_size} ranks hold identical trainable tensors: {len(set(digests)) == 1}")
+    destroy_process_group()
+if master:
+    print(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}; checkpoint in {out_dir}")
