@@ -4,7 +4,7 @@ Settings in the nanoGPT manner: a script's settings are plain globals with defau
     python train.py [config/some_file.py ...] [--key=value ...]
 
 runs each config file (plain Python assigning some of those globals), then applies the
---key=value overrides (values are Python literals; anything else is taken as a string).
+--key=value overrides (values are Python literals; a string setting takes the text as is).
 An unknown key or a value of the wrong type stops the script with a message naming the
 key and the closest valid ones. An int is accepted for a float setting; a setting whose
 default is None takes any value.
@@ -36,10 +36,10 @@ def configure(settings, argv):
             key, eq, text = arg[2:].partition("=")
             if not eq:
                 raise SystemExit(f"error: expected --key=value, got {arg!r}")
-            try:
-                value = ast.literal_eval(text)
+            try:  # a string setting takes the text as given (--start=123, --seq_lens=256,512)
+                value = text if isinstance(settings.get(key), str) else ast.literal_eval(text)
             except (ValueError, SyntaxError):
-                value = text  # a bare string, e.g. --out_dir=out-lora
+                value = text  # a bare string, which the type check below judges
             _set(settings, key, value, arg)
         else:
             try:

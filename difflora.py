@@ -65,6 +65,7 @@ materialises A1 and A2 (softmax in fp32) and can keep them for analysis (attenti
 
 import json
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -72,7 +73,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from model import cache_extend, causal_attention, save_atomically
+from model import GPT, cache_extend, causal_attention, save_atomically
 
 VARIANTS = ("both", "negative", "shared")
 LORA_TARGETS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_out")
@@ -183,6 +184,14 @@ class LoRALinear(nn.Module):
         self.merged = sign > 0
 
 
+def causal_softmax(q, k):
+    """The attention map softmax(q k^T / sqrt(d) + causal mask) in fp32, (B, H, Tq, Tk); the Tq
+    query rows are the last Tq of the Tk positions (the earlier keys come from a KV cache)."""
+    Tq, Tk, hd = q.size(-2), k.size(-2), q.size(-1)
+    mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)  # row i sees keys <= its position
+    return (q @ k.transpose(-2, -1)).float().div(math.sqrt(hd)).masked_fill(~mask, float("-inf")).softmax(-1)
+
+
 class DiffLoRAAttention(nn.Module):
     """Replaces a pretrained CausalSelfAttention (model.py) in place; shares its frozen c_attn
     (W_Q, W_K, W_V fused) and c_proj (W_O). Same head count and head_dim."""
@@ -255,10 +264,7 @@ class DiffLoRAAttention(nn.Module):
 
     def explicit_attention(self, q1, k1, q2, k2, v, lam, p):
         """(A1 - lambda A2) V with both maps materialised, softmax in fp32."""
-        Tq, Tk, hd = q1.size(-2), k1.size(-2), q1.size(-1)
-        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q1.device).tril(Tk - Tq)  # row i sees keys <= its position
-        a1, a2 = ((q @ k.transpose(-2, -1)).float().div(math.sqrt(hd)).masked_fill(~mask, float("-inf")).softmax(-1)
-                  for q, k in ((q1, k1), (q2, k2)))  # (B, H, Tq, Tk) each
+        a1, a2 = causal_softmax(q1, k1), causal_softmax(q2, k2)  # (B, H, Tq, Tk) each
         if self.keep_maps:
             self.maps = (a1.detach(), (lam * a2).detach())
         a1, a2 = F.dropout(a1, p), F.dropout(a2, p)  # independent masks, as in the stacked fused call
@@ -374,20 +380,66 @@ def set_attention_path(model, explicit):
 
 @torch.no_grad()
 def attention_maps(model, idx):
-    """Run idx (B, T) through the explicit path and return, per layer, (A1, lambda*A2, lambda)
-    with the maps of shape (B, H, T, T) in fp32; the differential map is A1 - lambda*A2."""
-    layers = [m for m in model.modules() if isinstance(m, DiffLoRAAttention)]
-    if not layers:
-        raise ValueError("attention_maps needs a model with DiffLoRA layers (apply_difflora or load_adapter)")
-    for m in layers:
-        m.explicit = m.keep_maps = True
+    """Run idx (B, T) and return, per layer, (A1, lambda*A2, lambda) with the maps (B, H, T, T) in
+    fp32: DiffLoRA layers through the explicit path (the differential map is A1 - lambda*A2);
+    plain GPT-2 layers (base or LoRA) give (A, None, 0.0), recomputed from their q and k."""
+    plain, hooks = {}, []
+    layers = [block.attn for block in model.transformer.h]
+    for i, attn in enumerate(layers):
+        if isinstance(attn, DiffLoRAAttention):
+            attn.explicit = attn.keep_maps = True
+        else:
+            def hook(module, inputs, qkv, i=i, H=attn.n_head):
+                B, T, C = qkv.size(0), qkv.size(1), qkv.size(2) // 3
+                q, k, _ = (t.view(B, T, H, C // H).transpose(1, 2) for t in qkv.split(C, dim=2))
+                plain[i] = causal_softmax(q, k)
+            hooks.append(attn.c_attn.register_forward_hook(hook))
     try:
         model(idx)
-        return [(m.maps[0], m.maps[1], m.lam().item()) for m in layers]
+        return [(a.maps[0], a.maps[1], a.lam().item()) if isinstance(a, DiffLoRAAttention) else (plain[i], None, 0.0)
+                for i, a in enumerate(layers)]
     finally:
-        for m in layers:
-            m.explicit = m.keep_maps = False
-            m.maps = None
+        for h in hooks:
+            h.remove()
+        for a in layers:
+            if isinstance(a, DiffLoRAAttention):
+                a.explicit = a.keep_maps = False
+                a.maps = None
+
+
+def attention_regions(T, needle=None, query=None):
+    """Disjoint boolean masks (T,) over key positions that together cover all T: 'first' (the
+    first token, where much attention sinks), 'needle' and 'query' (token ranges [start, end)),
+    'rest'. Summing a map's row over each region splits its mass the way the paper's analysis does."""
+    regions = {"first": torch.zeros(T, dtype=torch.bool)}
+    regions["first"][0] = True
+    taken = regions["first"].clone()
+    for name, span in (("needle", needle), ("query", query)):
+        m = torch.zeros(T, dtype=torch.bool)
+        if span is not None:
+            m[span[0]:span[1]] = True
+        regions[name] = m & ~taken
+        taken |= regions[name]
+    regions["rest"] = ~taken
+    return regions
+
+
+def region_mass(a, regions):
+    """{region: (..., Tq) attention mass}, for a map a (..., Tq, T) and attention_regions(T)."""
+    return {name: a[..., m.to(a.device)].sum(-1) for name, m in regions.items()}
+
+
+def load_trained(path, base=""):
+    """A model to run: a train.py out_dir (adapter.safetensors on its base model, or on `base` if
+    given; or a full fine-tune, which is a plain checkpoint), or any name or directory that
+    GPT.from_pretrained takes."""
+    adapter = os.path.join(path, "adapter.safetensors")
+    if os.path.isdir(path) and os.path.exists(adapter):
+        return load_adapter(GPT.from_pretrained(base or read_adapter(adapter)[2]["name_or_path"]), adapter)
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
+        raise ValueError(f"no checkpoint in {path!r}: expected adapter.safetensors or model.safetensors there. "
+                         f"Train first (python train.py --out_dir={path}) or pass a base model such as gpt2")
+    return GPT.from_pretrained(path)
 
 
 # ----------------------------------------------------------------------------- adapter files

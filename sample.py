@@ -6,7 +6,6 @@ Generate text with a fine-tuned model from train.py, or with a plain GPT-2.
     python sample.py --init_from=gpt2 --start=FILE:prompt.txt # a base model, no checkpoint
 """
 
-import os
 import sys
 from contextlib import nullcontext
 
@@ -14,8 +13,7 @@ import tiktoken
 import torch
 
 from configurator import configure
-from difflora import load_adapter, read_adapter
-from model import GPT
+from difflora import load_trained
 
 # -----------------------------------------------------------------------------
 out_dir = "out-shakespeare-difflora"
@@ -44,16 +42,7 @@ ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
 
 try:
-    if init_from != "out_dir":
-        model = GPT.from_pretrained(init_from)
-    elif os.path.exists(os.path.join(out_dir, "adapter.safetensors")):
-        adapter = os.path.join(out_dir, "adapter.safetensors")
-        model = load_adapter(GPT.from_pretrained(base or read_adapter(adapter)[2]["name_or_path"]), adapter)
-    elif os.path.exists(os.path.join(out_dir, "model.safetensors")):
-        model = GPT.from_pretrained(out_dir)  # a full fine-tune is a plain GPT-2 checkpoint
-    else:
-        raise ValueError(f"no checkpoint in {out_dir!r}: expected adapter.safetensors or model.safetensors there. "
-                         f"Train first (python train.py --out_dir={out_dir}) or pass --init_from=gpt2 for the base model")
+    model = load_trained(out_dir if init_from == "out_dir" else init_from, base)
 except (OSError, ValueError) as e:
     raise SystemExit(f"error: {e}")
 model.eval().to(device)

@@ -24,7 +24,8 @@ from torch.distributed import all_gather_object, barrier, destroy_process_group,
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure
-from difflora import DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, param_report, save_adapter
+from difflora import (DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, param_report, save_adapter,
+                      trainable_state_dict)
 from model import GPT, peak_flops, save_atomically
 
 # -----------------------------------------------------------------------------
@@ -129,7 +130,9 @@ else:
 tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
 
 # data: a token stream in {split}.bin (uint16); an optional {split}_mask.bin (uint8, 0 = not
-# counted) turns those targets into -1, which the loss ignores (e.g. prompts of a QA dataset)
+# counted) turns those targets into -1, which the loss ignores (e.g. prompts of a QA dataset);
+# when meta.json gives example_tokens, the stream is fixed-length examples and windows start
+# at example boundaries (block_size must then be example_tokens - 1)
 data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
 if not os.path.isdir(data_dir):
     data_dir = dataset
@@ -148,13 +151,26 @@ for split in ("train", "val"):
                          f"(e.g. python data/shakespeare/prepare.py) or pass --dataset=FOLDER with train.bin and val.bin")
     if os.path.getsize(path) // 2 <= block_size:
         raise SystemExit(f"error: {path} holds fewer than block_size+1 = {block_size + 1} tokens")
+example_tokens = None
+if os.path.exists(os.path.join(data_dir, "meta.json")):
+    with open(os.path.join(data_dir, "meta.json")) as f:
+        example_tokens = json.load(f).get("example_tokens")
+    if example_tokens and example_tokens != block_size + 1:
+        raise SystemExit(f"error: {data_dir} holds examples of {example_tokens} tokens; set --block_size={example_tokens - 1}")
+
+
+def window_starts(n_tokens, shape, generator=None):
+    """Random window starts: anywhere, or at example boundaries."""
+    if example_tokens:
+        return torch.randint(n_tokens // example_tokens, shape, generator=generator) * example_tokens
+    return torch.randint(n_tokens - block_size, shape, generator=generator)
 
 
 def get_batch(split, ix=None):
     """(x, y) of shape (batch_size, block_size) from windows starting at ix (random if None)."""
     data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")  # reopened: memmaps leak otherwise
     if ix is None:
-        ix = torch.randint(len(data) - block_size, (batch_size,))
+        ix = window_starts(len(data), (batch_size,))
     x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
     y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
     mask_path = os.path.join(data_dir, f"{split}_mask.bin")
@@ -171,7 +187,7 @@ def get_batch(split, ix=None):
 eval_ix = {}
 for split in ("train", "val"):
     n = os.path.getsize(os.path.join(data_dir, f"{split}.bin")) // 2
-    eval_ix[split] = torch.randint(n - block_size, (eval_iters, batch_size), generator=torch.Generator().manual_seed(seed))
+    eval_ix[split] = window_starts(n, (eval_iters, batch_size), torch.Generator().manual_seed(seed))
 
 # model
 torch.manual_seed(seed)  # the adapters' initialisation
@@ -276,7 +292,7 @@ def save_checkpoint():
     beside it the file people use: adapter.safetensors, or for full a Hugging Face checkpoint.
     Each is written to a temporary file and renamed, so a crash never destroys the last one."""
     os.makedirs(out_dir, exist_ok=True)
-    state = {"trainable": {n: p.detach().cpu() for n, p in raw_model.named_parameters() if p.requires_grad},
+    state = {"trainable": {n: t.cpu() for n, t in trainable_state_dict(raw_model).items()},
              "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "iter_num": iter_num,
              "best_val_loss": best_val_loss, "config": config, "base": base}
     save_atomically(ckpt_path, lambda tmp: torch.save(state, tmp))

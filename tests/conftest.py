@@ -2,9 +2,12 @@
 transformers itself, and an offline tiktoken cache from ../shared/data when it exists."""
 
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
+
+import numpy as np
 
 import pytest
 import torch
@@ -50,3 +53,40 @@ def tiny_gpt(hf_tiny):
     """A fresh model.GPT loaded from the tiny checkpoint."""
     from model import GPT
     return GPT.from_pretrained(hf_tiny[0]).eval()
+
+
+# ----------------------------------------------------------------------------- running the scripts
+
+FAST = ["--batch_size=4", "--block_size=32", "--gradient_accumulation_steps=1", "--eval_iters=4", "--log_interval=5",
+        "--learning_rate=1e-2", "--min_lr=1e-3", "--warmup_iters=2", "--lora_rank=4", "--lora_alpha=8.0", "--device=cpu"]
+
+
+def train(*args):
+    """Run train.py in this process; return its globals (the model, the metrics, ...)."""
+    argv = sys.argv
+    sys.argv = ["train.py", *FAST, *args]
+    try:
+        return runpy.run_path(os.path.join(ROOT, "train.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+
+
+def run(*cmd, **env):
+    return subprocess.run([*cmd], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+@pytest.fixture(scope="session")
+def trained_50k(tmp_path_factory):
+    """A DiffLoRA checkpoint on a tiny GPT-2 with the real 50,257-token vocabulary."""
+    base = tmp_path_factory.mktemp("tiny50k")
+    make_hf_model(vocab_size=50257, bos_token_id=50256, eos_token_id=50256).save_pretrained(base)
+    data = tmp_path_factory.mktemp("tok")
+    tokens = np.random.default_rng(0).integers(0, 50257, 5000).astype(np.uint16)
+    tokens.tofile(data / "train.bin")
+    tokens.tofile(data / "val.bin")
+    out = tmp_path_factory.mktemp("out")
+    train(f"--init_from={base}", f"--dataset={data}", f"--out_dir={out}", "--max_iters=3", "--eval_interval=3")
+    return str(base), str(out)
+
+

@@ -3,8 +3,6 @@
 import json
 import os
 import re
-import runpy
-import subprocess
 import sys
 
 import numpy as np
@@ -12,13 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, SHARED_DATA, make_hf_model
+from conftest import FAST, ROOT, SHARED_DATA, make_hf_model, run, train
 from configurator import configure
 from model import GPT
 
 SHAKESPEARE = os.path.join(SHARED_DATA, "tinyshakespeare", "input.txt")
-FAST = ["--batch_size=4", "--block_size=32", "--gradient_accumulation_steps=1", "--eval_iters=4", "--log_interval=5",
-        "--learning_rate=1e-2", "--min_lr=1e-3", "--warmup_iters=2", "--lora_rank=4", "--lora_alpha=8.0", "--device=cpu"]
 
 
 @pytest.fixture(scope="session")
@@ -41,21 +37,6 @@ def chain(tmp_path_factory):
             t[i] = perm[t[i - 1]] if rng.random() < 0.9 else rng.integers(101)
         t.tofile(path / f"{split}.bin")
     return str(path)
-
-
-def train(*args):
-    """Run train.py in this process; return its globals (the model, the metrics, ...)."""
-    argv = sys.argv
-    sys.argv = ["train.py", *FAST, *args]
-    try:
-        return runpy.run_path(os.path.join(ROOT, "train.py"), run_name="__main__")
-    finally:
-        sys.argv = argv
-
-
-def run(*cmd, **env):
-    return subprocess.run([*cmd], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
 
 
 def frozen_unchanged(model, base_path):
@@ -187,20 +168,6 @@ def test_two_process_torchrun(tiny101, chain, tmp_path):
 
 # ----------------------------------------------------------------------------- sampling
 
-@pytest.fixture(scope="session")
-def trained_50k(tmp_path_factory):
-    """A DiffLoRA checkpoint on a tiny GPT-2 with the real 50,257-token vocabulary."""
-    base = tmp_path_factory.mktemp("tiny50k")
-    make_hf_model(vocab_size=50257, bos_token_id=50256, eos_token_id=50256).save_pretrained(base)
-    data = tmp_path_factory.mktemp("tok")
-    tokens = np.random.default_rng(0).integers(0, 50257, 5000).astype(np.uint16)
-    tokens.tofile(data / "train.bin")
-    tokens.tofile(data / "val.bin")
-    out = tmp_path_factory.mktemp("out")
-    train(f"--init_from={base}", f"--dataset={data}", f"--out_dir={out}", "--max_iters=3", "--eval_interval=3")
-    return str(base), str(out)
-
-
 def sample(*args):
     return run(sys.executable, "sample.py", "--max_new_tokens=12", "--num_samples=2", *args)
 
@@ -223,7 +190,7 @@ def test_sampling_with_prompt_file_and_top_p(trained_50k, tmp_path):
 
 def test_sampling_errors(trained_50k, tiny101, tmp_path):
     out = sample(f"--out_dir={tmp_path}")
-    assert out.returncode != 0 and "no checkpoint in" in out.stderr and "--init_from=gpt2" in out.stderr
+    assert out.returncode != 0 and "no checkpoint in" in out.stderr and "pass a base model such as gpt2" in out.stderr
     out = sample(f"--out_dir={trained_50k[1]}", f"--base={tiny101}")
     assert out.returncode != 0 and "vocab_size=50257" in out.stderr and "this model has vocab_size=101" in out.stderr
     out = sample(f"--out_dir={trained_50k[1]}", "--start=" + "word " * 100)
@@ -237,6 +204,8 @@ def test_configurator_rules(tmp_path):
     (tmp_path / "cfg.py").write_text("max_iters = 20\nout_dir = 'from-file'\n")
     got = configure(settings, [str(tmp_path / "cfg.py"), "--learning_rate=1", "--out_dir=x-y", "--lambda_init=0.1"])
     assert got == dict(max_iters=20, learning_rate=1.0, compile=False, out_dir="x-y", lambda_init=0.1)
+    assert configure(settings, ["--out_dir=123"])["out_dir"] == "123"  # a string setting keeps its text
+    assert configure(settings, ["--out_dir=1,2"])["out_dir"] == "1,2"
     assert isinstance(got["learning_rate"], float)
     with pytest.raises(SystemExit, match="unknown setting 'max_iter'.*did you mean max_iters"):
         configure(settings, ["--max_iter=5"])
