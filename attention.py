@@ -1,0 +1,121 @@
+"""
+Look at DiffLoRA's attention: for one prompt, per chosen layer, one head's positive map A1,
+its lambda-scaled negative map lambda*A2 and the differential map A1 - lambda*A2, beside the
+base model's map. Prints where the last prompt token's attention goes (mass on the first
+token, on a marked span such as a needle, on the query line, on the rest), layer by layer.
+
+    python attention.py --out_dir=out-needle-difflora                      # the built-in needle prompt
+    python attention.py --out_dir=out-shakespeare-difflora --start=FILE:prompt.txt --needle="a phrase in it"
+    python attention.py --init_from=gpt2                                    # a plain model: its maps only
+"""
+
+import sys
+
+import tiktoken
+import torch
+
+from configurator import configure
+from difflora import attention_maps, attention_regions, load_trained, region_mass
+from model import GPT
+
+# -----------------------------------------------------------------------------
+out_dir = "out-shakespeare-difflora"
+init_from = "out_dir"  # 'out_dir': the checkpoint there; or a GPT-2 name/directory
+base = ""  # the base model to compare with ('' = the adapter's own base; none for a full fine-tune)
+start = ("The river was calm that morning. The secret code of falcon is 4821. People walked slowly along the "
+         "old road. The secret code of maple is 7302. A few clouds drifted over the hills.\n"
+         "Question: what is the secret code of falcon?\nAnswer: The secret code of falcon is")
+needle = "The secret code of falcon is 4821."  # a substring of the prompt to mark ('' = none)
+layers = "0,-1"  # comma-separated layer indices (negative counts from the end)
+head = 0
+out = "attention.png"
+device = "auto"
+# -----------------------------------------------------------------------------
+config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
+globals().update(configure(config, sys.argv[1:]))
+if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+if start.startswith("FILE:"):
+    with open(start[5:], encoding="utf-8") as f:
+        start = f.read()
+try:
+    model = load_trained(out_dir if init_from == "out_dir" else init_from, base).eval().to(device)
+    base_name = base or (model.name_or_path if model.adapter is not None else "")
+    base_model = GPT.from_pretrained(base_name).eval().to(device) if base_name else None
+except (OSError, ValueError) as e:
+    raise SystemExit(f"error: {e}")
+
+enc = tiktoken.get_encoding("gpt2")
+ids = enc.encode(start)
+if not 0 < len(ids) <= model.config.block_size:
+    raise SystemExit(f"error: the prompt has {len(ids)} tokens; it must have 1 to {model.config.block_size}")
+_, offsets = enc.decode_with_offsets(ids)  # character offset where each token starts
+ends = offsets[1:] + [len(start)]
+
+
+def token_span(c0, c1):
+    """Tokens overlapping the characters [c0, c1)."""
+    hit = [i for i, (a, b) in enumerate(zip(offsets, ends)) if a < c1 and b > c0]
+    return (hit[0], hit[-1] + 1) if hit else None
+
+
+needle_span = None
+if needle:
+    if needle not in start:
+        raise SystemExit(f"error: --needle {needle!r} does not occur in the prompt")
+    c = start.index(needle)
+    needle_span = token_span(c, c + len(needle))
+query_span = token_span(start.rindex("\n") + 1, len(start)) if "\n" in start.rstrip("\n") else None
+T = len(ids)
+regions = attention_regions(T, needle_span, query_span)
+idx = torch.tensor([ids], device=device)
+maps = attention_maps(model, idx)
+base_maps = attention_maps(base_model, idx) if base_model is not None else None
+
+
+
+def named_maps(layer):
+    """{label: map (B, H, T, T)} to show for one layer."""
+    a1, neg, lam = maps[layer]
+    shown = {"base": base_maps[layer][0]} if base_maps else {}
+    if neg is None:
+        shown["A"] = a1
+    else:
+        shown.update({"A1": a1, "lambda*A2": neg, "A1-lambda*A2": a1 - neg})
+    return shown
+
+
+# where the last token's attention goes, averaged over heads, layer by layer
+names = ("first", "needle", "query", "rest")
+print(f"prompt: {T} tokens; needle tokens {needle_span}, query tokens {query_span}")
+print(f"mass of the last token's attention on {' / '.join(names)}, mean over heads:")
+print(f"{'layer':>5} {'lambda':>7}  " + "".join(f"{label:>26}" for label in named_maps(0)))
+for layer in range(len(maps)):
+    cells = []
+    for a in named_maps(layer).values():
+        m = region_mass(a[0, :, -1], regions)  # (H,) per region
+        cells.append(" ".join(f"{m[n].mean().item():5.2f}" for n in names))
+    print(f"{layer:>5} {maps[layer][2]:>7.3f}  " + "".join(f"{c:>26}" for c in cells))
+
+import matplotlib  # noqa: E402
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+chosen = [int(x) % len(maps) for x in layers.split(",")]
+n_cols = len(named_maps(0))
+fig, axes = plt.subplots(len(chosen), n_cols, figsize=(3.6 * n_cols, 3.4 * len(chosen)), squeeze=False)
+for r, layer in enumerate(chosen):
+    for c, (label, a) in enumerate(named_maps(layer).items()):
+        a = a[0, head].cpu()  # (T, T)
+        diverging = label.startswith(("lambda", "A1-"))  # can be negative: colours centred on 0
+        lim = a.abs().max().item() or 1.0
+        ax = axes[r, c]
+        ax.imshow(a, cmap="RdBu_r" if diverging else "viridis", vmin=-lim if diverging else 0, vmax=lim)
+        lam = f" (lambda {maps[layer][2]:.2f})" if label == "lambda*A2" else ""
+        ax.set_title(f"layer {layer} head {head}: {label}{lam}", fontsize=9)
+        ax.set(xlabel="key", ylabel="query")
+        if needle_span:
+            ax.axvspan(needle_span[0] - 0.5, needle_span[1] - 0.5, color="orange", alpha=0.15)
+fig.tight_layout()
+fig.savefig(out, dpi=100)
+print(f"wrote {out}")

@@ -1,0 +1,50 @@
+"""
+Needle-retrieval training data for train.py: fixed-length examples (see needle.py) with a
+loss mask that counts only the answer tokens, so fine-tuning learns to retrieve, not to
+model filler text.
+
+    python data/needle/prepare.py                                   # 256-token examples, 3 needles
+    python train.py --dataset=needle --block_size=255 ...           # block_size = tokens - 1
+    python data/needle/prepare.py --tokens=512 --needles=6 --n_train=4000
+
+Writes train.bin / val.bin (uint16 tokens), train_mask.bin / val_mask.bin (uint8: 1 where a
+target counts) and meta.json (example_tokens tells train.py to start windows at example
+boundaries). Each example draws its depth uniformly; validation examples use other seeds.
+"""
+
+import argparse
+import json
+import os
+import random
+
+import numpy as np
+import tiktoken
+
+from needle import make_example
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--tokens", type=int, default=256, help="tokens per example (train with block_size = tokens - 1)")
+parser.add_argument("--needles", type=int, default=3, help="needles per example (one is asked about)")
+parser.add_argument("--n_train", type=int, default=2000)
+parser.add_argument("--n_val", type=int, default=200)
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--out_dir", default=HERE)
+args = parser.parse_args()
+
+enc = tiktoken.get_encoding("gpt2")
+os.makedirs(args.out_dir, exist_ok=True)
+rng = random.Random(args.seed)
+for split, n, offset in (("train", args.n_train, 0), ("val", args.n_val, 10_000_000)):
+    tokens, mask = [], []
+    for i in range(n):
+        ex = make_example(enc, args.seed * 100_000_000 + offset + i, args.tokens, args.needles, depth=rng.random())
+        tokens += ex["tokens"]
+        mask += [0] * ex["answer_start"] + [1] * (args.tokens - ex["answer_start"])
+    np.array(tokens, dtype=np.uint16).tofile(os.path.join(args.out_dir, f"{split}.bin"))
+    np.array(mask, dtype=np.uint8).tofile(os.path.join(args.out_dir, f"{split}_mask.bin"))
+meta = dict(encoding="gpt2", vocab_size=enc.n_vocab, dtype="uint16", example_tokens=args.tokens,
+            needles=args.needles, n_train=args.n_train, n_val=args.n_val, seed=args.seed)
+with open(os.path.join(args.out_dir, "meta.json"), "w") as f:
+    json.dump(meta, f, indent=2)
+print(f"{args.n_train} train and {args.n_val} val examples of {args.tokens} tokens, {args.needles} needles, in {args.out_dir}")

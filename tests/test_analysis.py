@@ -1,0 +1,161 @@
+"""Issue 5's tools: the needle generator and its data, attention maps and their regions,
+attention.py, eval_needle.py and bench.py on tiny models."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import tiktoken
+import torch
+
+from conftest import ROOT, run, train
+from difflora import DiffLoRAConfig, apply_difflora, apply_lora, LoRAConfig, attention_maps, attention_regions, region_mass
+from model import GPT
+
+sys.path.insert(0, os.path.join(ROOT, "data", "needle"))
+from needle import make_example  # noqa: E402
+
+enc = tiktoken.get_encoding("gpt2")
+
+
+# ----------------------------------------------------------------------------- the needle generator
+
+def test_needle_examples_are_deterministic_and_exact():
+    a, b = make_example(enc, 7, 200, 3, 0.4), make_example(enc, 7, 200, 3, 0.4)
+    assert a == b and make_example(enc, 8, 200, 3, 0.4) != a
+    for n_tokens in (64, 200, 513):
+        ex = make_example(enc, 1, n_tokens, 2, 0.5)
+        assert len(ex["tokens"]) == n_tokens
+        assert enc.decode(ex["tokens"][ex["answer_start"]:]) == f" {ex['value']}"
+        s, e = ex["needle"]
+        assert enc.decode(ex["tokens"][s:e]) == f" The secret code of {ex['key']} is {ex['value']}."
+        q0, q1 = ex["question"]
+        assert q1 == ex["answer_start"] and enc.decode(ex["tokens"][q0:q1]).startswith(f"\nQuestion: what is the secret code of {ex['key']}?")
+    text = enc.decode(make_example(enc, 3, 300, 4, 0.5)["tokens"])
+    assert text.count("The secret code of") == 4 + 1  # four needles and the answer's prefix
+    with pytest.raises(ValueError, match="cannot hold"):
+        make_example(enc, 0, 20, 3, 0.5)
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_needle_goes_where_asked(depth):
+    for seed in range(5):
+        ex = make_example(enc, seed, 400, 3, depth)
+        context = ex["question"][0] - sum(len(enc.encode_ordinary(f" The secret code of x is 1234.")) for _ in range(3))
+        # the asked needle starts at depth * filler, give or take a filler sentence (<= 12 tokens) and the other needles
+        assert abs(ex["needle"][0] - depth * context) <= 12 + 2 * 12, (seed, ex["needle"], context)
+    assert make_example(enc, 0, 400, 1, 0.0)["needle"][0] == 0
+    ex = make_example(enc, 0, 400, 1, 1.0)
+    assert ex["needle"][1] == ex["question"][0]  # right before the question
+
+
+def test_needle_data_counts_only_answer_tokens(tmp_path):
+    out = run(sys.executable, "data/needle/prepare.py", "--tokens=96", "--needles=2", "--n_train=12", "--n_val=4",
+              f"--out_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    meta = json.load(open(tmp_path / "meta.json"))
+    assert meta["example_tokens"] == 96
+    tokens = np.fromfile(tmp_path / "train.bin", dtype=np.uint16)
+    mask = np.fromfile(tmp_path / "train_mask.bin", dtype=np.uint8)
+    assert len(tokens) == len(mask) == 12 * 96
+    for i in range(12):
+        ex_tokens, ex_mask = tokens[i * 96:(i + 1) * 96], mask[i * 96:(i + 1) * 96]
+        answer = enc.decode(ex_tokens[ex_mask == 1].tolist())
+        assert answer.strip().isdigit() and ex_mask[-1] == 1 and ex_mask[0] == 0
+        assert f"is{answer}" in enc.decode(ex_tokens[:96 - int(ex_mask.sum())].tolist())  # the needle holds it
+    # train.py's loader: windows at example boundaries, every target but the answer is -1
+    base = tmp_path / "base"
+    from conftest import make_hf_model
+    make_hf_model(vocab_size=50257, n_positions=128).save_pretrained(base)
+    g = train(f"--init_from={base}", f"--dataset={tmp_path}", f"--out_dir={tmp_path / 'out'}", "--block_size=95",
+              "--max_iters=0")
+    torch.manual_seed(0)
+    x, y = g["get_batch"]("train")
+    for row in range(x.size(0)):
+        kept = y[row][y[row] != -1]
+        assert 1 <= len(kept) <= 3 and enc.decode(kept.tolist()).strip().isdigit()
+        assert torch.all(y[row][:-len(kept)] == -1)  # only the last targets, the answer, count
+    assert all(int(i) % 96 == 0 for i in g["eval_ix"]["val"].flatten())
+    with pytest.raises(SystemExit, match="examples of 96 tokens; set --block_size=95"):
+        train(f"--init_from={base}", f"--dataset={tmp_path}", f"--out_dir={tmp_path / 'out'}", "--block_size=64")
+
+
+# ----------------------------------------------------------------------------- maps and regions
+
+def test_plain_maps_equal_transformers_attentions(hf_tiny):
+    from transformers import GPT2LMHeadModel
+    hf = GPT2LMHeadModel.from_pretrained(hf_tiny[0], attn_implementation="eager").eval()
+    idx = torch.randint(0, 101, (2, 20))
+    ref = hf(idx, output_attentions=True).attentions
+    for base in (GPT.from_pretrained(hf_tiny[0]), apply_lora(GPT.from_pretrained(hf_tiny[0]), LoRAConfig())):
+        maps = attention_maps(base.eval(), idx)  # LoRA starts with B = 0: the same maps
+        assert len(maps) == len(ref)
+        for (a, neg, lam), r in zip(maps, ref):
+            assert neg is None and lam == 0.0
+            torch.testing.assert_close(a, r, atol=1e-5, rtol=0)
+
+
+def test_region_masses_sum_to_one_and_one_minus_lambda(hf_tiny):
+    torch.manual_seed(0)
+    m = apply_difflora(GPT.from_pretrained(hf_tiny[0]), DiffLoRAConfig(r=4, alpha=8, dropout=0.0)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.requires_grad:
+                p.add_(0.2 * torch.randn_like(p))
+    T = 16
+    regions = attention_regions(T, needle=(5, 9), query=(12, 16))
+    assert sum(r.long() for r in regions.values()).eq(1).all()  # disjoint and covering
+    assert regions["needle"].nonzero().flatten().tolist() == [5, 6, 7, 8] and regions["first"][0]
+    for a1, neg, lam in attention_maps(m, torch.randint(0, 101, (1, T))):
+        a2 = neg / lam
+        for a, total in ((a1, 1.0), (a2, 1.0), (a1 - neg, 1.0 - lam)):
+            masses = region_mass(a, regions)  # (1, H, T) per region
+            torch.testing.assert_close(sum(masses.values()), torch.full((1, 2, T), total), atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- the scripts
+
+def test_attention_script_writes_png(trained_50k, tmp_path):
+    png = tmp_path / "maps.png"
+    out = run(sys.executable, "attention.py", f"--out_dir={trained_50k[1]}", f"--out={png}", "--layers=0,1", "--head=1",
+              "--start=Some text. The code is 42. More text.\nQuestion: the code?", "--needle=The code is 42.")
+    assert out.returncode == 0, out.stderr
+    assert png.exists() and png.stat().st_size > 10_000
+    assert "A1-lambda*A2" in out.stdout and "base" in out.stdout
+    rows = [line.split() for line in out.stdout.splitlines() if line.split() and line.split()[0] in ("0", "1")]
+    assert len(rows) == 2 and len(rows[0]) == 2 + 4 * 4  # layer, lambda, 4 maps x 4 regions
+    for row in rows:
+        base = [float(v) for v in row[2:6]]
+        assert abs(sum(base) - 1.0) < 0.02  # the base map's regions share all of the mass
+    out = run(sys.executable, "attention.py", f"--out_dir={trained_50k[1]}", "--needle=not in the prompt")
+    assert out.returncode != 0 and "does not occur in the prompt" in out.stderr
+
+
+def test_eval_needle_runs_and_reports(trained_50k, tmp_path):
+    png = tmp_path / "needle.png"
+    out = run(sys.executable, "eval_needle.py", f"--models={trained_50k[0]},{trained_50k[1]}", "--lengths=48,64",
+              "--depths=0,1", "--examples=2", "--needles=2", f"--out={png}")
+    assert out.returncode == 0, out.stderr
+    assert png.exists()
+    assert out.stdout.count("exact match by context length") == 2
+    masses = [line for line in out.stdout.splitlines() if line.startswith("attention mass")]
+    assert len(masses) == 2
+    values = [float(v.split()[-1]) for v in masses[0].split(": ")[1].split(", ")]
+    assert abs(sum(values) - 1.0) < 0.01  # the base model's regions cover the whole context
+    out = run(sys.executable, "eval_needle.py", f"--models={trained_50k[0]}", "--lengths=128")
+    assert out.returncode != 0 and "longer than" in out.stderr
+
+
+def test_bench_prints_every_column():
+    out = run(sys.executable, "bench.py", "--n_layer=2", "--n_head=2", "--n_embd=32", "--vocab_size=100",
+              "--seq_lens=16", "--methods=lora,difflora", "--steps=1", "--gen_tokens=4", "--gen_methods=difflora")
+    assert out.returncode == 0, out.stderr
+    header = "method T step ms tok/s MFU peak MB step MB".split()
+    assert [line.split() for line in out.stdout.splitlines() if line.startswith("method ")][0] == header
+    for method in ("lora", "difflora", "difflora-explicit"):
+        row = next(line.split() for line in out.stdout.splitlines() if line.split()[:2] == [method, "16"])
+        assert len(row) == 7 and float(row[2]) > 0
+    assert "DiffLoRA / LoRA step time" in out.stdout and "explicit / fused" in out.stdout
+    assert "cached generation" in out.stdout
