@@ -83,7 +83,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.8), squeeze=False)
+fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results) + 1, 4), squeeze=False, layout="constrained")
 for ax, (name, (acc, mass)) in zip(axes[0], results.items()):
     grid = [[acc[L, d] for d in depth_list] for L in length_list]
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -91,8 +91,9 @@ for ax, (name, (acc, mass)) in zip(axes[0], results.items()):
         for j, a in enumerate(row):
             ax.text(j, i, f"{a:.2f}", ha="center", va="center", color="w" if a < 0.6 else "k", fontsize=8)
     ax.set(xticks=range(len(depth_list)), xticklabels=[f"{d:g}" for d in depth_list], xlabel="needle depth",
-           yticks=range(len(length_list)), yticklabels=length_list, ylabel="context length",
-           title=f"{name}\nneedle {mass['needle']:.3f}, rest {mass['rest']:.3f} of attention")
+           yticks=range(len(length_list)), yticklabels=length_list,
+           title=f"{os.path.basename(name.rstrip('/')) or name}\nattention: needle {mass['needle']:.3f}, rest {mass['rest']:.3f}")
 fig.colorbar(im, ax=axes[0].tolist(), label="exact match")
-fig.savefig(out, dpi=100, bbox_inches="tight")
+fig.supylabel("context length (tokens)")
+fig.savefig(out, dpi=100)
 print(f"\nwrote {out}")
