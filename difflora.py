@@ -214,6 +214,8 @@ class DiffLoRAAttention(nn.Module):
         self.lambda_init = 0.0 if config.init == "preserve" else (
             lambda_init_schedule(depth) if config.lambda_init is None else float(config.lambda_init))
         self.learn_lambda = config.learn_lambda
+        # a fixed lambda lives on the model's device like a weight, but is not saved (config holds it)
+        self.register_buffer("lambda_fixed", torch.tensor(self.lambda_init, **kw), persistent=False)
         if config.learn_lambda:
             self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2 = (
                 nn.Parameter(0.1 * torch.randn(hd, **kw)) for _ in range(4))
@@ -229,7 +231,7 @@ class DiffLoRAAttention(nn.Module):
     def lam(self):
         """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init (a 0-dim tensor), or the fixed value."""
         if not self.learn_lambda:
-            return torch.tensor(self.lambda_init, device=self.c_attn.weight.device)
+            return self.lambda_fixed
         return torch.exp(self.lambda_q1 @ self.lambda_k1) - torch.exp(self.lambda_q2 @ self.lambda_k2) + self.lambda_init
 
     def forward(self, x, cache=None):

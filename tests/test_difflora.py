@@ -393,3 +393,19 @@ def test_attention_maps_rows(hf_tiny):
         torch.testing.assert_close((a1 - neg).sum(-1), torch.full((2, 2, 12), 1 - lam), atol=1e-5, rtol=0)
         assert torch.all(a1.triu(1) == 0) and torch.all(neg.triu(1) == 0)
     assert not layers(m)[0].explicit and layers(m)[0].maps is None
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_bf16_autocast_close_to_fp32(hf_tiny, explicit):
+    # what train.py does on a GPU, here on CPU: bf16 autocast, fp32 master weights
+    m = perturb(adapted(hf_tiny[0], learn_lambda=False, lambda_init=0.3)).train()
+    set_attention_path(m, explicit)
+    x, y = batch()
+    ref, ref_loss = m(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = m(x, y)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    torch.testing.assert_close(logits.float(), ref, atol=0.05, rtol=0.05)
+    assert abs(loss.item() - ref_loss.item()) < 0.02
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
