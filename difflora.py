@@ -257,7 +257,7 @@ class DiffLoRAAttention(nn.Module):
             y1, y2 = y.chunk(2, dim=1)
             y = y1 - lam * y2  # (B, H, T, hd)
         if self.gn_gain is not None:  # each head normalised on its own, then the fixed (1 - lambda_init)
-            y = (1 - self.lambda_init) * F.rms_norm(y, (hd,), self.gn_gain, eps=1e-5)
+            y = (1 - self.lambda_init) * F.rms_norm(y.float(), (hd,), self.gn_gain.float(), eps=1e-5).to(y.dtype)  # fp32 norm
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         out = self.c_proj(y)
         if self.lora_o is not None and not self.merged:

@@ -398,7 +398,7 @@ def test_attention_maps_rows(hf_tiny):
 @pytest.mark.parametrize("explicit", [False, True])
 def test_bf16_autocast_close_to_fp32(hf_tiny, explicit):
     # what train.py does on a GPU, here on CPU: bf16 autocast, fp32 master weights
-    m = perturb(adapted(hf_tiny[0], learn_lambda=False, lambda_init=0.3)).train()
+    m = perturb(adapted(hf_tiny[0], learn_lambda=False, lambda_init=0.3, groupnorm=True, lora_v=True, lora_o=True)).train()
     set_attention_path(m, explicit)
     x, y = batch()
     ref, ref_loss = m(x, y)
