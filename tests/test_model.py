@@ -60,6 +60,16 @@ def test_pytorch_model_bin_with_mask_buffers(tmp_path):
     assert_logits_match(str(tmp_path), hf)
 
 
+def test_fp16_checkpoint(tmp_path):
+    # half-precision checkpoints (as some hub repos ship) load into the float32 model exactly
+    hf = make_hf_model(seed=6).half()
+    hf.save_pretrained(tmp_path)
+    from safetensors import safe_open
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        assert f.get_tensor("transformer.wte.weight").dtype == torch.float16
+    assert_logits_match(str(tmp_path), hf.float())
+
+
 def test_loads_through_the_hub_cache(hf_tiny, tmp_path):
     # lay the tiny checkpoint out as huggingface_hub's cache does, then load it by repo id offline
     commit = "0123456789abcdef0123456789abcdef01234567"
