@@ -73,7 +73,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from model import GPT, cache_extend, causal_attention, save_atomically
+from model import GPT, cache_extend, causal_attention, causal_mask, save_atomically
 
 VARIANTS = ("both", "negative", "shared")
 LORA_TARGETS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_out")
@@ -187,9 +187,8 @@ class LoRALinear(nn.Module):
 def causal_softmax(q, k):
     """The attention map softmax(q k^T / sqrt(d) + causal mask) in fp32, (B, H, Tq, Tk); the Tq
     query rows are the last Tq of the Tk positions (the earlier keys come from a KV cache)."""
-    Tq, Tk, hd = q.size(-2), k.size(-2), q.size(-1)
-    mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)  # row i sees keys <= its position
-    return (q @ k.transpose(-2, -1)).float().div(math.sqrt(hd)).masked_fill(~mask, float("-inf")).softmax(-1)
+    mask = causal_mask(q.size(-2), k.size(-2), q.device)  # (Tq, Tk)
+    return (q @ k.transpose(-2, -1)).float().div(math.sqrt(q.size(-1))).masked_fill(~mask, float("-inf")).softmax(-1)
 
 
 class DiffLoRAAttention(nn.Module):
@@ -214,9 +213,9 @@ class DiffLoRAAttention(nn.Module):
         self.lambda_init = 0.0 if config.init == "preserve" else (
             lambda_init_schedule(depth) if config.lambda_init is None else float(config.lambda_init))
         self.learn_lambda = config.learn_lambda
-        # a fixed lambda lives on the model's device like a weight, but is not saved (config holds it)
-        self.register_buffer("lambda_fixed", torch.tensor(self.lambda_init, **kw), persistent=False)
-        if config.learn_lambda:
+        if not config.learn_lambda:  # on the model's device like a weight, but not saved (the config holds it)
+            self.register_buffer("lambda_fixed", torch.tensor(self.lambda_init, **kw), persistent=False)
+        else:
             self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2 = (
                 nn.Parameter(0.1 * torch.randn(hd, **kw)) for _ in range(4))
             if config.init == "preserve":  # exp(lq1.lk1) - exp(lq2.lk2) is then exactly 0
@@ -499,16 +498,22 @@ def load_adapter(model, path):
         raise ValueError(f"adapter {path} holds a {method} adapter, but this model has a {model.adapter[0]} adapter")
     elif model.adapter[1] != config:
         raise ValueError(f"adapter {path} was saved with {config}, this model has {model.adapter[1]}")
+    load_trainable_state_dict(model, tensors, f"adapter {path}")
+    return model
+
+
+def load_trainable_state_dict(model, tensors, source):
+    """Copy tensors into exactly the parameters that require grad (the inverse of
+    trainable_state_dict); any missing, extra or misshaped tensor is an error naming source."""
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        raise ValueError(f"adapter {path} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
+        raise ValueError(f"{source} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
     if any(m.merged for m in _adapted_modules(model)):
         raise ValueError("unmerge the model before loading adapter weights into it")
     with torch.no_grad():
         for name, t in tensors.items():
             if t.shape != params[name].shape:
-                raise ValueError(f"adapter tensor {name} has shape {tuple(t.shape)}, the model expects {tuple(params[name].shape)}")
+                raise ValueError(f"{source}: tensor {name} has shape {tuple(t.shape)}, the model expects {tuple(params[name].shape)}")
             params[name].copy_(t)
-    return model

@@ -27,14 +27,21 @@ class GPTConfig:
     layer_norm_epsilon: float = 1e-5
 
 
+CONV1D_WEIGHTS = ("c_attn.weight", "c_proj.weight", "c_fc.weight")  # stored (in, out) by Hugging Face
+
+
+def causal_mask(Tq, Tk, device=None):
+    """(Tq, Tk) bool, True where query row i (the last Tq of Tk positions) may see a key."""
+    return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(Tk - Tq)
+
+
 def causal_attention(q, k, v, dropout_p=0.0):
     """softmax(q k^T / sqrt(d) + mask) v for q (B, H, Tq, d) whose rows are the LAST Tq of the
     Tk positions in k, v (the earlier ones come from a KV cache). Fused kernel, no T x T matrix."""
     Tq, Tk = q.size(-2), k.size(-2)
     if Tq == Tk:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-    mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)  # (Tq, Tk)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device), dropout_p=dropout_p)
 
 
 def save_atomically(path, write):
@@ -45,6 +52,14 @@ def save_atomically(path, write):
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
+
+
+def save_json(path, obj):
+    """json.dump obj to path, atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+    save_atomically(path, write)
 
 
 def cache_extend(cache, **new):
@@ -204,17 +219,14 @@ class GPT(nn.Module):
         for name, t in self.state_dict().items():
             if name == "lm_head.weight":
                 continue  # tied to wte
-            sd[name] = (t.t() if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else t).contiguous().cpu()
+            sd[name] = (t.t() if name.endswith(CONV1D_WEIGHTS) else t).contiguous().cpu()
         c = self.config
         hf = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_positions=c.block_size, n_ctx=c.block_size,
                   vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_inner=c.n_inner,
                   layer_norm_epsilon=c.layer_norm_epsilon, activation_function="gelu_new", tie_word_embeddings=True,
                   resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout)
         save_atomically(os.path.join(path, "model.safetensors"), lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
-        def write_config(tmp):
-            with open(tmp, "w") as f:
-                json.dump(hf, f, indent=2)
-        save_atomically(os.path.join(path, "config.json"), write_config)
+        save_json(os.path.join(path, "config.json"), hf)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu"):
         """AdamW over the parameters that require grad. Weight decay goes to matrices (linear
@@ -371,7 +383,7 @@ def _load_hf_state_dict(model, sd):
             continue
         if name not in ours:
             raise ValueError(f"unexpected key {key!r} in the checkpoint: not a GPT-2 parameter")
-        if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+        if name.endswith(CONV1D_WEIGHTS):
             t = t.t()
         if t.shape != ours[name].shape:
             raise ValueError(f"shape mismatch for {key!r}: checkpoint has {tuple(t.shape)}, "

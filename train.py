@@ -24,9 +24,9 @@ from torch.distributed import all_gather_object, barrier, destroy_process_group,
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure
-from difflora import (DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, param_report, save_adapter,
-                      trainable_state_dict)
-from model import GPT, peak_flops, save_atomically
+from difflora import (DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, load_trainable_state_dict, param_report,
+                      save_adapter, trainable_state_dict)
+from model import GPT, peak_flops, save_atomically, save_json
 
 # -----------------------------------------------------------------------------
 # defaults: the paper's main DiffLoRA setting (both terms, learned lambda, depth-schedule
@@ -204,16 +204,10 @@ try:
         apply_lora(model, LoRAConfig(r=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets.split(",")))
     elif method != "full":
         raise ValueError(f"method must be difflora, lora or full, got {method!r}")
+    if ckpt is not None:
+        load_trainable_state_dict(model, ckpt["trainable"], f"checkpoint {ckpt_path}")
 except ValueError as e:
     raise SystemExit(f"error: {e}")
-if ckpt is not None:
-    params = dict(model.named_parameters())
-    expected = {n for n, p in params.items() if p.requires_grad}
-    if set(ckpt["trainable"]) != expected:
-        raise SystemExit(f"error: checkpoint {ckpt_path} does not fit the model built from its own settings")
-    with torch.no_grad():
-        for name, t in ckpt["trainable"].items():
-            params[name].copy_(t)
 model.to(device)
 if master:
     print(param_report(model))
@@ -302,17 +296,11 @@ def save_checkpoint():
         save_adapter(raw_model, os.path.join(out_dir, "adapter.safetensors"))
 
 
-def write_json(path, obj):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-    save_atomically(path, write)
-
-
 if master:
     os.makedirs(out_dir, exist_ok=True)
-    write_json(os.path.join(out_dir, "train_config.json"), {**config, "base": base, "device": device, "dtype": dtype})
-    print(json.dumps({**config, "base": base, "device": device, "dtype": dtype}, indent=1))
+    resolved = {**config, "base": base, "device": device, "dtype": dtype}
+    save_json(os.path.join(out_dir, "train_config.json"), resolved)
+    print(json.dumps(resolved, indent=1))
     print(f"tokens per iteration: {tokens_per_iter:,}; {raw_model.flops_per_token(block_size) / 1e9:.2f} GFLOP per token")
 
 model.train()
@@ -322,14 +310,15 @@ while True:
     if (iter_num % eval_interval == 0 or iter_num == max_iters) and not (iter_num == start_iter > 0):  # a resume has it already
         losses = estimate_loss()
         if master:
+            lams = lambdas()
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                  + (f", lambda {lambdas()}" if method == "difflora" else ""))
-            metrics["eval"].append({"iter": iter_num, **losses, "lambda": lambdas()})
+                  + (f", lambda {lams}" if method == "difflora" else ""))
+            metrics["eval"].append({"iter": iter_num, **losses, "lambda": lams})
             improved = losses["val"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val"])
             if iter_num > 0 and (always_save_checkpoint or improved):
                 save_checkpoint()
-            write_json(os.path.join(out_dir, "metrics.json"), metrics)
+            save_json(os.path.join(out_dir, "metrics.json"), metrics)
             plot_metrics(os.path.join(out_dir, "curves.png"))
         t0 = time.time()  # evaluation time is not training time
     if iter_num >= max_iters:
