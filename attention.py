@@ -9,14 +9,14 @@ token, on a marked span such as a needle, on the query line, on the rest), layer
     python attention.py --init_from=gpt2                                    # a plain model: its maps only
 """
 
+import os
 import sys
 
-import tiktoken
 import torch
 
-from configurator import configure
+from configurator import check, configure
 from difflora import attention_maps, attention_regions, load_trained, region_mass
-from model import GPT
+from model import GPT, gpt2_encoding
 
 # -----------------------------------------------------------------------------
 out_dir = "out-shakespeare-difflora"
@@ -28,11 +28,23 @@ start = ("The river was calm that morning. The secret code of falcon is 4821. Pe
 needle = "The secret code of falcon is 4821."  # a substring of the prompt to mark ('' = none)
 layers = "0,-1"  # comma-separated layer indices (negative counts from the end)
 head = 0
-out = "attention.png"
+out = ""  # the PNG ('' = attention.png in out_dir, or in out-attention/ for a plain model)
 device = "auto"
 # -----------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
 globals().update(configure(config, sys.argv[1:]))
+try:
+    layer_list = [int(x) for x in layers.split(",")]
+except ValueError:
+    check(False, "layers", layers, "comma-separated layer indices such as 0,5,-1")
+check(head >= 0, "head", head, "an integer >= 0, below the model's n_head")
+check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
+if init_from == "out_dir" and not os.path.isdir(out_dir):
+    raise SystemExit(f"error: out_dir {out_dir!r} does not exist (from {os.getcwd()}): train into it first, "
+                     f"or look at a plain model with --init_from=gpt2")
+if start.startswith("FILE:") and not os.path.isfile(start[5:]):
+    raise SystemExit(f"error: start={start!r}: there is no file {start[5:]!r}")
+out = out or os.path.join(out_dir if init_from == "out_dir" else "out-attention", "attention.png")
 if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
 if start.startswith("FILE:"):
@@ -45,7 +57,7 @@ try:
 except (OSError, ValueError) as e:
     raise SystemExit(f"error: {e}")
 
-enc = tiktoken.get_encoding("gpt2")
+enc = gpt2_encoding()
 ids = enc.encode(start)
 if not 0 < len(ids) <= model.config.block_size:
     raise SystemExit(f"error: the prompt has {len(ids)} tokens; it must have 1 to {model.config.block_size}")
@@ -87,6 +99,7 @@ def named_maps(layer):
 
 # where the last token's attention goes, averaged over heads, layer by layer
 names = ("first", "needle", "query", "rest")
+print(f"# python attention.py {' '.join(sys.argv[1:])}")
 print(f"prompt: {T} tokens; needle tokens {needle_span}, query tokens {query_span}")
 print(f"mass of the last token's attention on {' / '.join(names)}, mean over heads:")
 print(f"{'layer':>5} {'lambda':>7}  " + "".join(f"{label:>26}" for label in named_maps(0)))
@@ -101,7 +114,9 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-chosen = [int(x) % len(maps) for x in layers.split(",")]
+check(all(-len(maps) <= i < len(maps) for i in layer_list), "layers", layers, f"indices in -{len(maps)}..{len(maps) - 1}")
+check(head < model.config.n_head, "head", head, f"0..{model.config.n_head - 1}")
+chosen = [i % len(maps) for i in layer_list]
 n_cols = len(named_maps(0))
 fig, axes = plt.subplots(len(chosen), n_cols, figsize=(3.6 * n_cols, 3.4 * len(chosen)), squeeze=False)
 for r, layer in enumerate(chosen):
@@ -110,12 +125,17 @@ for r, layer in enumerate(chosen):
         diverging = label.startswith(("lambda", "A1-"))  # can be negative: colours centred on 0
         lim = a.abs().max().item() or 1.0
         ax = axes[r, c]
-        ax.imshow(a, cmap="RdBu_r" if diverging else "viridis", vmin=-lim if diverging else 0, vmax=lim)
+        im = ax.imshow(a, cmap="RdBu_r" if diverging else "viridis", vmin=-lim if diverging else 0, vmax=lim)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
         lam = f" (lambda {maps[layer][2]:.2f})" if label == "lambda*A2" else ""
         ax.set_title(f"layer {layer} head {head}: {label}{lam}", fontsize=9)
-        ax.set(xlabel="key", ylabel="query")
-        if needle_span:
-            ax.axvspan(needle_span[0] - 0.5, needle_span[1] - 0.5, color="orange", alpha=0.15)
+        ax.set(xlabel="key position", ylabel="query position")
+        for span, name, colour in ((needle_span, "needle", "orange"), (query_span, "query", "limegreen")):
+            if span:  # key columns of the marked regions
+                ax.axvspan(span[0] - 0.5, span[1] - 0.5, color=colour, alpha=0.2, label=f"{name} keys")
+        if r == 0 and c == 0 and (needle_span or query_span):
+            ax.legend(loc="lower left", fontsize=7)
 fig.tight_layout()
+os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 fig.savefig(out, dpi=100)
 print(f"wrote {out}")

@@ -22,7 +22,7 @@ from contextlib import nullcontext
 
 import torch
 
-from configurator import configure
+from configurator import check, choose, configure
 from difflora import DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, set_attention_path
 from model import GPT, GPTConfig, peak_flops
 
@@ -51,6 +51,15 @@ only = ""  # "method:T": measure that one configuration and print it as JSON (ea
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
 config = configure(config, sys.argv[1:])
 globals().update(config)
+METHODS = ("none", "lora", "difflora", "full")
+check(set(methods.split(",")) <= set(METHODS), "methods", methods, "a comma-separated subset of " + ",".join(METHODS))
+check(set(gen_methods.split(",")) <= {"none", "difflora"}, "gen_methods", gen_methods, "a comma-separated subset of none,difflora")
+check(all(t.isdigit() and int(t) >= 1 for t in seq_lens.split(",")), "seq_lens", seq_lens, "comma-separated lengths such as 256,1024")
+for key in ("n_layer", "n_head", "n_embd", "vocab_size", "batch_size", "rank", "steps", "gen_tokens", "gen_prompt"):
+    check(config[key] >= 1, key, config[key], "an integer >= 1")
+check(n_embd % n_head == 0, "n_embd", n_embd, f"a multiple of n_head={n_head}")
+check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
+choose("dtype", dtype, ("auto", "float32", "bfloat16", "float16"))
 if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
 device_type = "cuda" if device.startswith("cuda") else "cpu"

@@ -7,11 +7,16 @@ runs each config file (plain Python assigning some of those globals), then appli
 --key=value overrides (values are Python literals; a string setting takes the text as is).
 An unknown key or a value of the wrong type stops the script with a message naming the
 key and the closest valid ones. An int is accepted for a float setting; a setting whose
-default is None takes any value.
+default is None takes any value. --help (or -h) prints the script's docstring and every
+setting with its default and the comment beside it in the source. check() and choose() stop
+a script on a bad value with one line that names the setting, the value and what is allowed.
 """
 
+import argparse
 import ast
 import difflib
+import re
+import sys
 
 
 def _set(settings, key, value, where):
@@ -28,9 +33,40 @@ def _set(settings, key, value, where):
     settings[key] = value
 
 
+def print_help(settings, script):
+    """The script's docstring, then each setting as `--key=default  # the comment in its source`."""
+    comments = {}
+    with open(script.__file__) as f:
+        for line in f:
+            m = re.match(r"\s*(\w+) = .*?(?:  # (.*))?$", line)
+            if m and m.group(1) in settings and m.group(1) not in comments:
+                comments[m.group(1)] = m.group(2) or ""
+    print((script.__doc__ or "").strip() + "\n")
+    print("settings (apply config files and --key=value in order; values are Python literals, text for strings):")
+    for key, default in settings.items():
+        comment = f"  # {comments[key]}" if comments.get(key) else ""
+        shown = repr(default) if isinstance(default, str) and not default.isprintable() else default  # e.g. "\n"
+        print(f"  --{key}={shown}{comment}")
+
+
+def check(ok, key, value, allowed):
+    """Stop with one line unless ok: the setting, its value and what is allowed."""
+    if not ok:
+        raise SystemExit(f"error: setting {key!r} is {value!r}; allowed: {allowed}")
+
+
+def choose(key, value, options):
+    """check() that value is one of options."""
+    check(value in options, key, value, " | ".join(map(str, options)))
+
+
 def configure(settings, argv):
-    """Apply config files and --key=value arguments to settings (name -> default), in order."""
+    """Apply config files and --key=value arguments to settings (name -> default), in order.
+    --help or -h prints the calling script's settings and exits."""
     settings = dict(settings)
+    if "--help" in argv or "-h" in argv:
+        print_help(settings, sys.modules[sys._getframe(1).f_globals["__name__"]])
+        raise SystemExit(0)
     for arg in argv:
         if arg.startswith("--"):
             key, eq, text = arg[2:].partition("=")
@@ -53,3 +89,11 @@ def configure(settings, argv):
                 if not key.startswith("_") and isinstance(value, (int, float, bool, str, type(None), tuple)):
                     _set(settings, key, value, arg)
     return settings
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the data/ scripts, reporting a bad argument like every other script here:
+    one line naming it, exit code 1 (argparse's own prints the usage and exits 2)."""
+
+    def error(self, message):
+        raise SystemExit(f"error: {message} (see --help)")

@@ -436,7 +436,15 @@ def load_trained(path, base=""):
     GPT.from_pretrained takes."""
     adapter = os.path.join(path, "adapter.safetensors")
     if os.path.isdir(path) and os.path.exists(adapter):
-        return load_adapter(GPT.from_pretrained(base or read_adapter(adapter)[2]["name_or_path"]), adapter)
+        recorded = read_adapter(adapter)[2]["name_or_path"]
+        try:
+            base_model = GPT.from_pretrained(base or recorded)
+        except (OSError, ValueError) as e:
+            if base:
+                raise
+            raise type(e)(f"the adapter in {path} was trained on the base model {recorded!r}, which cannot be loaded "
+                          f"here ({e}); pass --base=FOLDER_OR_HUB_ID of a base model of the same shape") from e
+        return load_adapter(base_model, adapter)
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
         raise ValueError(f"no checkpoint in {path!r}: expected adapter.safetensors or model.safetensors there. "
                          f"Train first (python train.py --out_dir={path}) or pass a base model such as gpt2")

@@ -5,95 +5,167 @@ noise" allocation: mass on the needle vs on the rest of the context), for each m
 
     python eval_needle.py --models=gpt2,out-needle-lora,out-needle-difflora
     python eval_needle.py --models=gpt2 --lengths=256,512 --examples=20 --out=needle_base.png
+    python eval_needle.py --models=out-pretrain,out-lora-s1+out-lora-s2    # '+' joins the seeds of one method
 
-A model is a train.py out_dir (adapter or full fine-tune) or a GPT-2 name/directory. The map
-of a DiffLoRA layer is the differential one, A1 - lambda A2; masses are averaged over layers
-and heads. Output: a table per model and a heat-map PNG of accuracy (depth x length).
+A model is a train.py out_dir (adapter or full fine-tune) or a GPT-2 name/directory. Runs
+joined with '+' are one entry: each cell is their mean, and the spread (lowest and highest
+run) is shown beside each row. The map of a DiffLoRA layer is the differential one,
+A1 - lambda A2; masses are averaged over layers and heads. Output: a table per entry (printed
+and written beside the PNG as .txt, headed by the command) and a heat-map PNG of accuracy
+(depth x length).
 """
 
+import json
 import os
+import re
 import sys
 
-import tiktoken
 import torch
 
-from configurator import configure
-from difflora import attention_maps, attention_regions, load_trained, region_mass
+from configurator import check, configure
+from difflora import attention_maps, attention_regions, load_trained, read_adapter, region_mass
+from model import gpt2_encoding
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "needle"))
 from needle import make_example  # noqa: E402
 
 # -----------------------------------------------------------------------------
-models = "gpt2"  # comma-separated
+models = "gpt2"  # comma-separated; '+' joins runs (seeds) of one method into one entry
 lengths = "256,512,1024"  # context lengths in tokens (question and answer included)
 depths = "0,0.25,0.5,0.75,1"
 needles = 3
 examples = 10  # per (length, depth) cell
 seed = 1  # evaluation examples never coincide with prepare.py's (seed 0 by default)
 device = "auto"
-out = "needle.png"
+out = ""  # the heat map ('' = out-needle-eval/needle.png); the table goes beside it as .txt
 # -----------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
 globals().update(configure(config, sys.argv[1:]))
+try:
+    length_list = [int(n) for n in lengths.split(",")]
+except ValueError:
+    check(False, "lengths", lengths, "comma-separated token counts such as 256,512")
+try:
+    depth_list = [float(d) for d in depths.split(",")]
+except ValueError:
+    check(False, "depths", depths, "comma-separated numbers in [0, 1] such as 0,0.5,1")
+check(all(n >= 16 for n in length_list), "lengths", lengths, "token counts >= 16")
+check(all(0 <= d <= 1 for d in depth_list), "depths", depths, "numbers in [0, 1]")
+check(1 <= needles <= 30, "needles", needles, "1..30")
+check(examples >= 1, "examples", examples, "an integer >= 1")
+check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
 if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
-enc = tiktoken.get_encoding("gpt2")
-length_list = [int(n) for n in lengths.split(",")]
-depth_list = [float(d) for d in depths.split(",")]
+out = out or os.path.join("out-needle-eval", "needle.png")
+table = os.path.splitext(out)[0] + ".txt"
 REGIONS = ("needle", "first", "query", "rest")
+entries = models.split(",")
 
-results = {}  # model -> (accuracy[len][depth], mean mass per region)
-for name in models.split(","):
-    try:
-        model = load_trained(name).eval().to(device)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
-    acc = {}
-    mass = {r: [] for r in REGIONS}
-    for L in length_list:
-        if L > model.config.block_size:
-            raise SystemExit(f"error: length {L} is longer than {name}'s context of {model.config.block_size}")
-        for d in depth_list:
-            hits = 0
-            for e in range(examples):
-                ex = make_example(enc, seed * 1_000_000_007 + 10_000 * L + 100 * round(100 * d) + e, L, needles, d)
-                prompt = torch.tensor([ex["tokens"][:ex["answer_start"]]], device=device)
-                answer = ex["tokens"][ex["answer_start"]:]
-                got = model.generate(prompt, len(answer), temperature=0)[0, ex["answer_start"]:].tolist()
-                hits += got == answer
-                regions = attention_regions(prompt.size(1), ex["needle"], ex["question"])
-                for a1, neg, _ in attention_maps(model, prompt):
-                    m = region_mass((a1 if neg is None else a1 - neg)[0, :, -1], regions)  # last row, per head
-                    for r in REGIONS:
-                        mass[r].append(m[r].mean().item())
-            acc[L, d] = hits / examples
-    results[name] = (acc, {r: sum(v) / len(v) for r, v in mass.items()})
-    del model
 
-for name, (acc, mass) in results.items():
-    print(f"\n{name}: exact match by context length (rows) and needle depth (columns), {needles} needles, "
-          f"{examples} examples per cell")
-    print(f"{'length':>8}" + "".join(f"{d:>8.2f}" for d in depth_list) + f"{'mean':>8}")
-    for L in length_list:
-        row = [acc[L, d] for d in depth_list]
-        print(f"{L:>8}" + "".join(f"{a:>8.2f}" for a in row) + f"{sum(row) / len(row):>8.2f}")
-    print("attention mass of the last prompt token: " + ", ".join(f"{r} {mass[r]:.3f}" for r in REGIONS))
+def context_of(name):
+    """The context length of a model, read from its files without loading it (None for a hub id);
+    stops with one line if the model cannot be there."""
+    if not os.path.isdir(name):
+        if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) and not name.startswith("."):
+            return None  # a hub id: from_pretrained fetches it (or says why it cannot)
+        raise SystemExit(f"error: models: no folder {name!r} here (from {os.getcwd()})")
+    if os.path.exists(os.path.join(name, "adapter.safetensors")):
+        base = read_adapter(os.path.join(name, "adapter.safetensors"))[2]["name_or_path"]
+        return context_of(base)
+    if not os.path.exists(os.path.join(name, "config.json")):
+        raise SystemExit(f"error: models: {name!r} holds no checkpoint (adapter.safetensors or config.json)")
+    with open(os.path.join(name, "config.json")) as f:
+        return json.load(f).get("n_positions")
+
+
+# every model is checked before any is evaluated: a typo in the last one costs no time
+for name in (n for entry in entries for n in entry.split("+")):
+    ctx = context_of(name)
+    if ctx is not None and max(length_list) > ctx:
+        raise SystemExit(f"error: lengths: {max(length_list)} is longer than {name}'s context of {ctx}")
+enc = gpt2_encoding()
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def write_table():
+    """The table of everything finished so far, printed nowhere: written to `table`, so that an
+    interrupted or failing evaluation keeps what it measured."""
+    lines = [f"# python eval_needle.py {' '.join(sys.argv[1:])}",
+             f"# {needles} needles, {examples} examples per cell; chance: 1/{needles} = {1 / needles:.2f} for a model "
+             f"that copies the value of a random needle, 1/9000 for a guessed 4-digit code"]
+    for entry, runs in results.items():
+        done = [L for L in length_list if runs and all((L, depth_list[-1]) in acc for acc, _ in runs)]
+        if not done:
+            continue
+        spread = len(runs) > 1
+        lines += ["", f"{entry}: exact match by context length (rows) and needle depth (columns)"
+                  + (f", mean of {len(runs)} runs" if spread else ""),
+                  f"{'length':>8}" + "".join(f"{d:>8.2f}" for d in depth_list) + f"{'mean':>8}"
+                  + ("  runs (low-high)" if spread else "")]
+        for L in done:
+            row = [mean([acc[L, d] for acc, _ in runs]) for d in depth_list]
+            run_means = [mean([acc[L, d] for d in depth_list]) for acc, _ in runs]
+            lines.append(f"{L:>8}" + "".join(f"{a:>8.2f}" for a in row) + f"{mean(row):>8.2f}"
+                         + (f"  {min(run_means):.2f}-{max(run_means):.2f}" if spread else ""))
+        masses = [m for _, m in runs if m["needle"]]
+        lines.append("attention mass of the last prompt token: "
+                     + ", ".join(f"{r} {mean([mean(m[r]) for m in masses]):.3f}" for r in REGIONS))
+    os.makedirs(os.path.dirname(os.path.abspath(table)), exist_ok=True)
+    with open(table, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return lines
+
+
+results = {entry: [] for entry in entries}  # entry -> per run: ({(length, depth): accuracy}, {region: [mass, ...]})
+for entry in entries:
+    for name in entry.split("+"):
+        print(f"evaluating {name}", flush=True)
+        try:
+            model = load_trained(name).eval().to(device)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"error: {e} (finished results are in {table})")
+        acc, mass = {}, {r: [] for r in REGIONS}
+        results[entry].append((acc, mass))
+        for L in length_list:
+            for d in depth_list:
+                hits = 0
+                for e in range(examples):
+                    ex = make_example(enc, seed * 1_000_000_007 + 10_000 * L + 100 * round(100 * d) + e, L, needles, d)
+                    prompt = torch.tensor([ex["tokens"][:ex["answer_start"]]], device=device)
+                    answer = ex["tokens"][ex["answer_start"]:]
+                    got = model.generate(prompt, len(answer), temperature=0)[0, ex["answer_start"]:].tolist()
+                    hits += got == answer
+                    regions = attention_regions(prompt.size(1), ex["needle"], ex["question"])
+                    for a1, neg, _ in attention_maps(model, prompt):
+                        m = region_mass((a1 if neg is None else a1 - neg)[0, :, -1], regions)  # last row, per head
+                        for r in REGIONS:
+                            mass[r].append(m[r].mean().item())
+                acc[L, d] = hits / examples
+            write_table()
+            print(f"  {name}, length {L}: mean exact match {mean([acc[L, d] for d in depth_list]):.2f}", flush=True)
+        del model
+print("\n".join(write_table()))
 
 import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results) + 1, 4), squeeze=False, layout="constrained")
-for ax, (name, (acc, mass)) in zip(axes[0], results.items()):
-    grid = [[acc[L, d] for d in depth_list] for L in length_list]
+for ax, (name, runs) in zip(axes[0], results.items()):
+    grid = [[mean([acc[L, d] for acc, _ in runs]) for d in depth_list] for L in length_list]
+    needle_mass, rest_mass = (mean([mean(m[r]) for _, m in runs]) for r in ("needle", "rest"))
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for i, row in enumerate(grid):
         for j, a in enumerate(row):
             ax.text(j, i, f"{a:.2f}", ha="center", va="center", color="w" if a < 0.6 else "k", fontsize=8)
     ax.set(xticks=range(len(depth_list)), xticklabels=[f"{d:g}" for d in depth_list], xlabel="needle depth",
            yticks=range(len(length_list)), yticklabels=length_list,
-           title=f"{os.path.basename(name.rstrip('/')) or name}\nattention: needle {mass['needle']:.3f}, rest {mass['rest']:.3f}")
+           title=f"{' + '.join(os.path.basename(n.rstrip('/')) or n for n in name.split('+'))}\n"
+                 f"attention: needle {needle_mass:.3f}, rest {rest_mass:.3f}")
 fig.colorbar(im, ax=axes[0].tolist(), label="exact match")
 fig.supylabel("context length (tokens)")
 fig.savefig(out, dpi=100)
-print(f"\nwrote {out}")
+print(f"\nwrote {table} and {out}")

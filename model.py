@@ -8,6 +8,7 @@ loaded model for differential ones; nothing here knows about adapters.
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -171,8 +172,11 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab) and, with targets (B, T), the mean
-        cross-entropy over targets != -1. With a KVCache, idx holds only the new tokens."""
+        """idx (B, T) token ids -> logits (B, T, vocab), loss None. With targets (B, T): the mean
+        cross-entropy over the targets != -1, and the logits of those positions only, (N, vocab)
+        in row-major order: the vocabulary matmul is most of a small model's cost, and a loss on
+        answers alone (needle data) counts a few positions per example. With a KVCache, idx holds
+        only the new tokens."""
         B, T = idx.size()
         pos0 = cache.pos if cache is not None else 0
         if pos0 + T > self.config.block_size:
@@ -183,11 +187,12 @@ class GPT(nn.Module):
             x = block(x, cache.layers[i] if cache is not None else None)
         if cache is not None:
             cache.pos += T
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
-        return logits, loss
+        x = self.transformer.ln_f(x)  # (B, T, C)
+        if targets is None:
+            return self.lm_head(x), None  # (B, T, vocab)
+        keep = targets.view(-1) != -1  # (B*T,)
+        logits = self.lm_head(x.view(-1, x.size(-1))[keep])  # (N, vocab)
+        return logits, F.cross_entropy(logits.float(), targets.view(-1)[keep])
 
     def crop_block_size(self, block_size):
         """Shrink the context (e.g. 1024 -> 256) to save memory; keeps the first positions."""
@@ -241,10 +246,12 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_token=None, use_cache=True):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_token=None, use_cache=True,
+                 on_token=None):
         """Extend idx (B, T) by up to max_new_tokens. temperature 0 is greedy (argmax); top_k and
         top_p (nucleus) filter before sampling. Stops early once every row has emitted eos_token
-        (rows that finish first are padded with it)."""
+        (rows that finish first are padded with it). on_token(next_token (B, 1)), if given, sees
+        each token as it is chosen (to stream text)."""
         block_size = self.config.block_size
         cache = None
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
@@ -262,6 +269,8 @@ class GPT(nn.Module):
                 next_token = torch.where(done[:, None], eos_token, next_token)
                 done |= next_token[:, 0] == eos_token
             idx = torch.cat((idx, next_token), dim=1)
+            if on_token is not None:
+                on_token(next_token)
             if done.all():
                 break
         return idx
@@ -288,11 +297,23 @@ class GPT(nn.Module):
                            n_head=hf["n_head"], n_embd=hf["n_embd"], n_inner=hf.get("n_inner"),
                            layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5), dropout=overrides.get("dropout", 0.0))
         model = cls(config)
-        model.name_or_path = name_or_path
+        model.name_or_path = os.path.abspath(name_or_path) if os.path.isdir(name_or_path) else name_or_path  # any cwd
         _load_hf_state_dict(model, _read_weights(path))
         if "block_size" in overrides:
             model.crop_block_size(overrides["block_size"])
         return model
+
+
+def gpt2_encoding():
+    """tiktoken's GPT-2 BPE. tiktoken downloads its two files on first use; offline, say how to
+    supply them instead of failing with a connection error."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:
+        raise SystemExit(f"error: could not load the GPT-2 tokenizer ({type(e).__name__}): tiktoken fetches vocab.bpe and "
+                         f"encoder.json on first use. Offline, copy tiktoken's cache folder from a machine that has them "
+                         f"(${{TIKTOKEN_CACHE_DIR}}, by default /tmp/data-gym-cache) and point TIKTOKEN_CACHE_DIR at it") from None
 
 
 def peak_flops(device):
@@ -329,6 +350,9 @@ def _checkpoint_dir(name_or_path):
         return name_or_path
     if os.path.exists(name_or_path):
         raise ValueError(f"{name_or_path} is a file; pass the directory holding config.json and the weights")
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name_or_path) or name_or_path.startswith((".", "/")):
+        raise OSError(f"no folder {name_or_path!r} here (from {os.getcwd()}): pass an existing checkpoint folder or a "
+                      f"Hugging Face model id such as gpt2")
     from huggingface_hub import snapshot_download
     try:
         # safetensors first; the .bin only for repos without one (gpt2 ships both: don't fetch twice)
@@ -337,7 +361,7 @@ def _checkpoint_dir(name_or_path):
             path = snapshot_download(name_or_path, allow_patterns=["config.json", "pytorch_model.bin"])
     except Exception as e:  # not found, gated, offline, no network: all mean the same to the user
         raise OSError(
-            f"could not load {name_or_path!r}: it is not a local directory and could not be fetched from the "
+            f"could not load {name_or_path!r}: there is no folder of that name here, and it could not be fetched from the "
             f"Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Pass a local directory "
             f"with config.json and model.safetensors, or download the model once with network access and then "
             f"set HF_HUB_OFFLINE=1 to load it from the hub cache.") from e

@@ -6,14 +6,15 @@ Generate text with a fine-tuned model from train.py, or with a plain GPT-2.
     python sample.py --init_from=gpt2 --start=FILE:prompt.txt # a base model, no checkpoint
 """
 
+import os
 import sys
 from contextlib import nullcontext
 
-import tiktoken
 import torch
 
-from configurator import configure
+from configurator import check, choose, configure
 from difflora import load_trained
+from model import gpt2_encoding
 
 # -----------------------------------------------------------------------------
 out_dir = "out-shakespeare-difflora"
@@ -30,7 +31,20 @@ device = "auto"
 dtype = "auto"  # auto: bf16 on a GPU that supports it, else fp32
 # -----------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
-globals().update(configure(config, sys.argv[1:]))
+config = configure(config, sys.argv[1:])
+globals().update(config)
+for key in ("num_samples", "max_new_tokens"):
+    check(config[key] >= 1, key, config[key], "an integer >= 1")
+check(temperature >= 0, "temperature", temperature, "a number >= 0 (0: greedy)")
+check(top_k >= 0, "top_k", top_k, "an integer >= 0 (0: off)")
+check(0 < top_p <= 1, "top_p", top_p, "a number in (0, 1] (1: off)")
+check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
+choose("dtype", dtype, ("auto", "float32", "bfloat16", "float16"))
+if init_from == "out_dir" and not os.path.isdir(out_dir):
+    raise SystemExit(f"error: out_dir {out_dir!r} does not exist (from {os.getcwd()}): train into it first "
+                     f"(python train.py --out_dir={out_dir}), or sample a base model with --init_from=gpt2")
+if start.startswith("FILE:") and not os.path.isfile(start[5:]):
+    raise SystemExit(f"error: start={start!r}: there is no file {start[5:]!r}")
 
 torch.manual_seed(seed)
 if device == "auto":
@@ -47,7 +61,7 @@ except (OSError, ValueError) as e:
     raise SystemExit(f"error: {e}")
 model.eval().to(device)
 
-enc = tiktoken.get_encoding("gpt2")
+enc = gpt2_encoding()
 if start.startswith("FILE:"):
     with open(start[5:], encoding="utf-8") as f:
         start = f.read()
@@ -61,9 +75,26 @@ if max(ids, default=0) >= model.config.vocab_size:
     raise SystemExit(f"error: the prompt has token ids beyond the model's vocabulary of {model.config.vocab_size}")
 x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
 
+
+pending = []  # tokens whose bytes do not make whole UTF-8 characters yet
+
+
+def stream(token):
+    """Print each new token (1, 1) as it is chosen."""
+    pending.append(token[0, 0].item())
+    try:
+        text = enc.decode_bytes(pending).decode("utf-8")
+    except UnicodeDecodeError:
+        if len(pending) < 4:  # a character is at most 4 bytes: wait for the rest
+            return
+        text = enc.decode_bytes(pending).decode("utf-8", errors="replace")
+    print(text, end="", flush=True)
+    pending.clear()
+
+
 with torch.no_grad(), ctx:
     for _ in range(num_samples):
-        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None,
-                           top_p=top_p if top_p < 1.0 else None)
-        print(enc.decode(y[0].tolist()))
-        print("---------------")
+        print(start, end="", flush=True)
+        model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None,
+                       top_p=top_p if top_p < 1.0 else None, on_token=stream)
+        print("\n---------------")

@@ -1,11 +1,13 @@
 """
-Fine-tune a pretrained GPT-2 with DiffLoRA (or LoRA, or fully) on a tokenized dataset.
+Fine-tune a pretrained GPT-2 with DiffLoRA (or LoRA, or fully) on a tokenized dataset, or
+pretrain a small GPT-2 from scratch.
 
     python train.py                                   # DiffLoRA on gpt2, tiny-shakespeare, one GPU
     python train.py config/train_lora.py              # the LoRA baseline at the same parameter budget
     python train.py config/train_tiny_cpu.py          # a couple of minutes on a laptop CPU
     python train.py --method=lora --max_iters=500     # any setting below can be overridden
     python train.py --init_from=resume                # continue the run in out_dir exactly
+    python train.py config/pretrain_shakespeare.py    # pretrain a baby GPT-2 from scratch on a CPU
     torchrun --standalone --nproc_per_node=4 train.py # DistributedDataParallel on 4 GPUs
 """
 
@@ -23,16 +25,16 @@ import torch
 from torch.distributed import all_gather_object, barrier, destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import configure
+from configurator import check, choose, configure
 from difflora import (DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, load_trainable_state_dict, param_report,
                       save_adapter, trainable_state_dict)
-from model import GPT, peak_flops, save_atomically, save_json
+from model import GPT, GPTConfig, peak_flops, save_atomically, save_json
 
 # -----------------------------------------------------------------------------
 # defaults: the paper's main DiffLoRA setting (both terms, learned lambda, depth-schedule
 # lambda_init, GroupNorm off, no weight decay, 3% warmup) scaled down to GPT-2 on shakespeare
 out_dir = "out-shakespeare-difflora"
-init_from = "gpt2"  # a GPT-2 hub id, a local Hugging Face checkpoint directory, or 'resume' (from out_dir)
+init_from = "gpt2"  # a GPT-2 hub id, a local Hugging Face checkpoint directory, 'scratch' or 'resume' (from out_dir)
 eval_interval = 50
 eval_iters = 20  # fixed batches per split, the same at every evaluation
 log_interval = 10
@@ -42,8 +44,13 @@ dataset = "shakespeare"  # a folder under data/ (or any path) holding train.bin 
 batch_size = 8
 block_size = 256
 gradient_accumulation_steps = 4
+# model shape, used only by init_from='scratch' (a fresh GPT-2 with GPT-2's 50,257-token vocabulary);
+# a pretrained base brings its own shape
+n_layer = 12
+n_head = 12
+n_embd = 768
 # method
-method = "difflora"  # difflora | lora | full
+method = "difflora"  # difflora | lora | full (init_from='scratch' needs full: every parameter is new)
 lora_rank = 16
 lora_alpha = 32.0
 lora_dropout = 0.1
@@ -71,12 +78,45 @@ device = "auto"  # auto | cpu | cuda | cuda:1 ...
 dtype = "auto"  # auto (bf16 where supported, else fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
 compile = False
 seed = 1337
+overwrite = False  # True: a fresh run may replace the run already in out_dir (otherwise it stops)
 # -----------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))}
 config = configure(config, sys.argv[1:])
 globals().update(config)
 MODEL_KEYS = ("method", "lora_rank", "lora_alpha", "lora_dropout", "variant", "learn_lambda", "lambda_init", "groupnorm",
-              "lora_v", "lora_o", "init", "lora_targets", "dropout", "block_size")  # what a resumed run keeps
+              "lora_v", "lora_o", "init", "lora_targets", "dropout", "block_size", "n_layer", "n_head", "n_embd")  # what a resumed run keeps
+
+# every value a user types is checked here, before any data, model or file is touched
+choose("method", method, ("difflora", "lora", "full"))
+choose("variant", variant, ("both", "negative", "shared"))
+choose("init", init, ("paper", "preserve"))
+choose("dtype", dtype, ("auto", "float32", "bfloat16", "float16"))
+check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
+for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval",
+            "lora_rank", "n_layer", "n_head", "n_embd"):
+    check(config[key] >= 1, key, config[key], "an integer >= 1")
+for key in ("max_iters", "warmup_iters", "lr_decay_iters"):
+    check(config[key] >= 0, key, config[key], "an integer >= 0")
+for key in ("dropout", "lora_dropout"):
+    check(0 <= config[key] < 1, key, config[key], "a number in [0, 1)")
+check(learning_rate > 0, "learning_rate", learning_rate, "a number > 0")
+check(min_lr >= 0, "min_lr", min_lr, "a number >= 0")
+check(lambda_init is None or isinstance(lambda_init, (int, float)), "lambda_init", lambda_init, "None or a number")
+check(init_from != "scratch" or method == "full", "method", method, "full with init_from=scratch (every parameter is new)")
+check(n_embd % n_head == 0, "n_embd", n_embd, f"a multiple of n_head={n_head}")
+check(set(lora_targets.split(",")) <= {"q", "k", "v", "attn_out", "mlp_in", "mlp_out"}, "lora_targets", lora_targets,
+      "a comma-separated subset of q,k,v,attn_out,mlp_in,mlp_out")
+# a fresh run never replaces another: the files of a run in out_dir stay as they are (rank 0
+# looks: under torchrun the other ranks may start after it has written this run's first file)
+RUN_FILES = ("ckpt.pt", "train_config.json", "metrics.json", "adapter.safetensors", "model.safetensors")
+held = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
+if init_from != "resume" and held and not overwrite and int(os.environ.get("RANK", 0)) == 0:
+    raise SystemExit(f"error: {out_dir} already holds a run ({', '.join(held)}). Continue it with --init_from=resume, "
+                     f"start elsewhere with --out_dir=NEW_FOLDER, or replace it with --overwrite=True")
+if device == "auto" and not torch.cuda.is_available() and int(os.environ.get("RANK", 0)) == 0:
+    print("note: no GPU found, so this runs on the CPU. The settings you gave are sized for a GPU and can take hours "
+          "here (the estimate is printed after the first iterations); for a CPU run try config/train_tiny_cpu.py "
+          "or config/pretrain_shakespeare.py")
 
 # distributed setup: torchrun sets RANK; nccl on GPUs, gloo on CPU
 ddp = int(os.environ.get("RANK", -1)) != -1
@@ -114,10 +154,11 @@ if init_from == "resume":
     except Exception as e:
         raise SystemExit(f"error: could not read checkpoint {ckpt_path}: it is truncated or corrupt ({type(e).__name__}). "
                          f"Start again from a base model with --init_from=gpt2 (or a directory).")
-    changed = {k: ckpt["config"][k] for k in MODEL_KEYS if config[k] != ckpt["config"][k]}
+    saved = {k: ckpt["config"].get(k, config[k]) for k in MODEL_KEYS}
+    changed = {k: v for k, v in saved.items() if config[k] != v}
     if changed and master:
         print(f"resuming: model settings come from the checkpoint: {changed}")
-    config.update({k: ckpt["config"][k] for k in MODEL_KEYS})
+    config.update(saved)
     globals().update({k: config[k] for k in MODEL_KEYS})
     base = ckpt["base"]
     iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
@@ -125,7 +166,7 @@ if init_from == "resume":
         with open(os.path.join(out_dir, "metrics.json")) as f:
             metrics = {k: [row for row in rows if row["iter"] <= iter_num] for k, rows in json.load(f).items()}
 else:
-    base = init_from
+    base = os.path.abspath(init_from) if os.path.isdir(init_from) else init_from  # found from any working directory
 
 tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
 
@@ -190,11 +231,15 @@ for split in ("train", "val"):
     eval_ix[split] = window_starts(n, (eval_iters, batch_size), torch.Generator().manual_seed(seed))
 
 # model
-torch.manual_seed(seed)  # the adapters' initialisation
-try:
-    model = GPT.from_pretrained(base, dropout=dropout, block_size=block_size)
-except (OSError, ValueError) as e:
-    raise SystemExit(f"error: {e}")
+torch.manual_seed(seed)  # the adapters' (or, from scratch, all weights') initialisation
+if base == "scratch":
+    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout))
+    model.name_or_path = "scratch"
+else:
+    try:
+        model = GPT.from_pretrained(base, dropout=dropout, block_size=block_size)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
 try:
     if method == "difflora":
         apply_difflora(model, DiffLoRAConfig(r=lora_rank, alpha=lora_alpha, dropout=lora_dropout, variant=variant,
@@ -272,8 +317,10 @@ def plot_metrics(path):
     ax.legend()
     if method == "difflora":
         ax = axes[0, 1]
-        for layer in range(raw_model.config.n_layer):
-            ax.plot([r["iter"] for r in ev], [r["lambda"][layer] for r in ev], label=f"layer {layer}")
+        n = raw_model.config.n_layer
+        colours = plt.get_cmap("turbo")(np.linspace(0.05, 0.95, n))  # one colour per layer, any depth
+        for layer in range(n):
+            ax.plot([r["iter"] for r in ev], [r["lambda"][layer] for r in ev], color=colours[layer], label=f"layer {layer}")
         ax.set(xlabel="iteration", ylabel="lambda", title="lambda per layer")
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -298,6 +345,10 @@ def save_checkpoint():
 
 if master:
     os.makedirs(out_dir, exist_ok=True)
+    if init_from != "resume":  # --overwrite=True: nothing of the old run may be mistaken for this one's
+        for f in RUN_FILES + ("config.json", "curves.png"):
+            if os.path.exists(os.path.join(out_dir, f)):
+                os.remove(os.path.join(out_dir, f))
     resolved = {**config, "base": base, "device": device, "dtype": dtype}
     save_json(os.path.join(out_dir, "train_config.json"), resolved)
     print(json.dumps(resolved, indent=1))
@@ -352,8 +403,9 @@ while True:
         t0 = time.time()
         mfu = f"{100 * flops_per_iter / dt / peak:.1f}%" if peak else "n/a"
         lam = f", lambda {[round(v, 3) for v in lambdas()]}" if method == "difflora" else ""
+        eta = dt * (max_iters - iter_num) * (1 + eval_iters * 2 / gradient_accumulation_steps / eval_interval / 3)  # evals ~1/3 of a step per batch
         print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms, "
-              f"{tokens_per_iter / dt:,.0f} tok/s, mfu {mfu}{lam}")
+              f"{tokens_per_iter / dt:,.0f} tok/s, mfu {mfu}{lam}, eta {eta / 60:.1f} min")
         metrics["log"].append({"iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "tok_s": tokens_per_iter / dt})
 
 if ddp:

@@ -55,6 +55,28 @@ def tiny_gpt(hf_tiny):
     return GPT.from_pretrained(hf_tiny[0]).eval()
 
 
+@pytest.fixture(scope="session")
+def tiny101(tmp_path_factory):
+    """A tiny GPT-2 (vocab 101) with embeddings large enough that adapters can move its logits."""
+    path = tmp_path_factory.mktemp("tiny101")
+    make_hf_model(initializer_range=0.2).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory):
+    """Token files where the next token is perm[current] 90% of the time: learnable in a few steps."""
+    path = tmp_path_factory.mktemp("chain")
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(101)
+    for split, n in (("train", 20000), ("val", 4000)):
+        t = np.zeros(n, dtype=np.uint16)
+        for i in range(1, n):
+            t[i] = perm[t[i - 1]] if rng.random() < 0.9 else rng.integers(101)
+        t.tofile(path / f"{split}.bin")
+    return str(path)
+
+
 # ----------------------------------------------------------------------------- running the scripts
 
 FAST = ["--batch_size=4", "--block_size=32", "--gradient_accumulation_steps=1", "--eval_iters=4", "--log_interval=5",
@@ -71,8 +93,8 @@ def train(*args):
         sys.argv = argv
 
 
-def run(*cmd, **env):
-    return subprocess.run([*cmd], cwd=ROOT, capture_output=True, text=True, timeout=300,
+def run(*cmd, cwd=ROOT, **env):
+    return subprocess.run([*cmd], cwd=cwd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **env})
 
 

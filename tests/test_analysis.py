@@ -79,7 +79,7 @@ def test_needle_data_counts_only_answer_tokens(tmp_path):
         assert torch.all(y[row][:-len(kept)] == -1)  # only the last targets, the answer, count
     assert all(int(i) % 96 == 0 for i in g["eval_ix"]["val"].flatten())
     with pytest.raises(SystemExit, match="examples of 96 tokens; set --block_size=95"):
-        train(f"--init_from={base}", f"--dataset={tmp_path}", f"--out_dir={tmp_path / 'out'}", "--block_size=64")
+        train(f"--init_from={base}", f"--dataset={tmp_path}", f"--out_dir={tmp_path / 'out2'}", "--block_size=64")
 
 
 # ----------------------------------------------------------------------------- maps and regions
@@ -146,6 +146,22 @@ def test_eval_needle_runs_and_reports(trained_50k, tmp_path):
     assert abs(sum(values) - 1.0) < 0.01  # the base model's regions cover the whole context
     out = run(sys.executable, "eval_needle.py", f"--models={trained_50k[0]}", "--lengths=128")
     assert out.returncode != 0 and "longer than" in out.stderr
+
+
+def test_eval_needle_joins_runs_into_mean_and_spread(trained_50k, tmp_path):
+    base, adapter = trained_50k
+    out = run(sys.executable, "eval_needle.py", f"--models={base},{adapter},{base}+{adapter}", "--lengths=48,64",
+              "--depths=0,1", "--examples=2", "--needles=2", f"--out={tmp_path / 'n.png'}")
+    assert out.returncode == 0, out.stderr
+    table = open(tmp_path / "n.txt").read()
+    assert table.startswith("# python eval_needle.py --models=") and "chance: 1/2 = 0.50" in table
+    rows = [line.split() for line in table.splitlines() if line.strip().startswith(("48 ", "64 "))]
+    single_a, single_b, joined = rows[0:2], rows[2:4], rows[4:6]
+    assert "mean of 2 runs" in table and "runs (low-high)" in table
+    for a, b, j in zip(single_a, single_b, joined):
+        cells = [(float(x) + float(y)) / 2 for x, y in zip(a[1:4], b[1:4])]
+        assert [float(v) for v in j[1:4]] == pytest.approx(cells, abs=0.006)  # 2-decimal table
+        assert j[4] == f"{min(float(a[3]), float(b[3])):.2f}-{max(float(a[3]), float(b[3])):.2f}"
 
 
 def test_bench_prints_every_column():

@@ -17,28 +17,6 @@ from model import GPT
 SHAKESPEARE = os.path.join(SHARED_DATA, "tinyshakespeare", "input.txt")
 
 
-@pytest.fixture(scope="session")
-def tiny101(tmp_path_factory):
-    """A tiny GPT-2 (vocab 101) with embeddings large enough that adapters can move its logits."""
-    path = tmp_path_factory.mktemp("tiny101")
-    make_hf_model(initializer_range=0.2).save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="session")
-def chain(tmp_path_factory):
-    """Token files where the next token is perm[current] 90% of the time: learnable in a few steps."""
-    path = tmp_path_factory.mktemp("chain")
-    rng = np.random.default_rng(0)
-    perm = rng.permutation(101)
-    for split, n in (("train", 20000), ("val", 4000)):
-        t = np.zeros(n, dtype=np.uint16)
-        for i in range(1, n):
-            t[i] = perm[t[i - 1]] if rng.random() < 0.9 else rng.integers(101)
-        t.tofile(path / f"{split}.bin")
-    return str(path)
-
-
 def frozen_unchanged(model, base_path):
     """Every frozen tensor of the trained model equals the base checkpoint's, byte for byte."""
     base = GPT.from_pretrained(base_path, block_size=model.config.block_size).state_dict()
@@ -225,7 +203,7 @@ def test_train_errors(tiny101, chain, tmp_path):
         train("--max_iters=ten")
     with pytest.raises(SystemExit, match="dataset 'no_such_data' not found"):
         train(f"--init_from={tiny101}", "--dataset=no_such_data", f"--out_dir={tmp_path}")
-    with pytest.raises(SystemExit, match="variant must be one of"):
+    with pytest.raises(SystemExit, match="setting 'variant' is 'left'; allowed: both | negative | shared"):
         train(f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path}", "--variant=left")
     with pytest.raises(SystemExit, match="no checkpoint at"):
         train(f"--init_from=resume", f"--dataset={chain}", f"--out_dir={tmp_path / 'none'}")

@@ -15,15 +15,19 @@ boundaries). Each example draws its depth uniformly; validation examples use oth
 import argparse
 import json
 import os
+import sys
 import random
 
 import numpy as np
-import tiktoken
 
 from needle import make_example
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root
+from configurator import ArgumentParser  # noqa: E402
+from model import gpt2_encoding  # noqa: E402
+
+parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--tokens", type=int, default=256, help="tokens per example (train with block_size = tokens - 1)")
 parser.add_argument("--needles", type=int, default=3, help="needles per example (one is asked about)")
 parser.add_argument("--n_train", type=int, default=2000)
@@ -32,7 +36,13 @@ parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--out_dir", default=HERE)
 args = parser.parse_args()
 
-enc = tiktoken.get_encoding("gpt2")
+if args.n_train < 1 or args.n_val < 1:
+    parser.error(f"--n_train and --n_val must be at least 1, got {args.n_train} and {args.n_val}")
+enc = gpt2_encoding()
+try:  # the checks of make_example (needles 1..30, tokens enough to hold them), before writing anything
+    make_example(enc, 0, args.tokens, args.needles)
+except ValueError as e:
+    parser.error(str(e))
 os.makedirs(args.out_dir, exist_ok=True)
 rng = random.Random(args.seed)
 for split, n, offset in (("train", args.n_train, 0), ("val", args.n_val, 10_000_000)):

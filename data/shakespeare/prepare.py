@@ -10,15 +10,18 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import urllib.request
 
 import numpy as np
-import tiktoken
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root
+from configurator import ArgumentParser  # noqa: E402
+from model import gpt2_encoding  # noqa: E402
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--input", help="path of a local input.txt (tiny-shakespeare, 1,115,394 characters)")
 parser.add_argument("--out_dir", default=HERE, help="where train.bin, val.bin and meta.json go (default: this folder)")
 args = parser.parse_args()
@@ -43,7 +46,7 @@ text = raw.decode("utf-8")
 n = len(text)
 train_text, val_text = text[: int(n * 0.9)], text[int(n * 0.9):]
 
-enc = tiktoken.get_encoding("gpt2")
+enc = gpt2_encoding()
 os.makedirs(args.out_dir, exist_ok=True)
 counts = {}
 for split, part in (("train", train_text), ("val", val_text)):

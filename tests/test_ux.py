@@ -1,0 +1,193 @@
+"""What a new user meets first: no run destroys another, --help everywhere, errors that point the
+right way (one line, exit code 1, before any heavy work), portable adapters, partial results."""
+
+import io
+import os
+import re
+import runpy
+import shutil
+import sys
+from contextlib import redirect_stdout
+
+import pytest
+import torch
+
+from conftest import ROOT, make_hf_model, run, train
+from difflora import load_trained
+from model import GPT
+
+SCRIPTS = ["train.py", "sample.py", "attention.py", "eval_needle.py", "bench.py", "induction.py"]
+PREPARE = ["data/shakespeare/prepare.py", "data/needle/prepare.py", "data/shakespeare_copy/prepare.py"]
+
+
+def run_script(script, *args):
+    """Run a script in this process; return (stdout, the SystemExit's code or None)."""
+    argv, out = sys.argv, io.StringIO()
+    sys.argv = [script, *args]
+    try:
+        with redirect_stdout(out):
+            runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+        return out.getvalue(), None
+    except SystemExit as e:
+        return out.getvalue(), e.code
+    finally:
+        sys.argv = argv
+
+
+def snapshot(folder):
+    return {f: open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))}
+
+
+# ----------------------------------------------------------------------------- no run destroys another
+
+def test_a_fresh_run_into_a_run_leaves_every_file_as_it_was(tiny101, chain, tmp_path):
+    train(f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path}", "--max_iters=2", "--eval_interval=2")
+    before = snapshot(tmp_path)
+    assert {"ckpt.pt", "adapter.safetensors", "metrics.json", "train_config.json", "curves.png"} <= set(before)
+    with pytest.raises(SystemExit, match=r"already holds a run .* --init_from=resume, .* --out_dir=NEW_FOLDER, .* --overwrite=True"):
+        train(f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path}", "--method=full")
+    assert snapshot(tmp_path) == before
+    # asked for explicitly, the new run replaces the old one and leaves nothing of it behind
+    train(f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path}", "--method=full", "--max_iters=2",
+          "--eval_interval=2", "--overwrite=True")
+    assert not os.path.exists(tmp_path / "adapter.safetensors") and os.path.exists(tmp_path / "model.safetensors")
+
+
+def test_a_cpu_run_says_so_and_prints_its_eta(tiny101, chain, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("the note is for machines without a GPU")
+    train(f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path}", "--max_iters=10", "--device=auto")
+    out = capsys.readouterr().out
+    assert "no GPU found" in out and "config/train_tiny_cpu.py" in out
+    assert re.search(r"iter 5: .* eta \d+\.\d min", out)
+
+
+# ----------------------------------------------------------------------------- --help
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_lists_every_setting_with_default_and_comment(script):
+    out, code = run_script(script, "--help")
+    assert code == 0
+    source = open(os.path.join(ROOT, script)).read()
+    block = re.split(r"# -{20,}", source)[1]  # the settings between the two rulers
+    settings = re.findall(r"^\s*(\w+) = (.+?)(?:  # (.*))?$", block, flags=re.M)
+    assert len(settings) >= 5
+    for key, default, comment in settings:
+        line = next((l for l in out.splitlines() if l.strip().startswith(f"--{key}=")), None)
+        assert line is not None, key
+        if comment:
+            assert comment in line, key
+
+
+@pytest.mark.parametrize("script", PREPARE)
+def test_prepare_scripts_answer_help(script):
+    out = run(sys.executable, script, "--help")
+    assert out.returncode == 0 and "--out_dir" in out.stdout
+
+
+# ----------------------------------------------------------------------------- errors that point the right way
+
+BAD = [  # (script, arguments, what the one line must say)
+    ("train.py", ["--method=dif"], "setting 'method' is 'dif'; allowed: difflora | lora | full"),
+    ("train.py", ["--batch_size=0"], "setting 'batch_size' is 0; allowed: an integer >= 1"),
+    ("train.py", ["--dropout=1.5"], "setting 'dropout' is 1.5; allowed: a number in [0, 1)"),
+    ("train.py", ["--device=tpu"], "setting 'device' is 'tpu'"),
+    ("train.py", ["--lora_targets=q,z"], "setting 'lora_targets' is 'q,z'"),
+    ("train.py", ["--learning_rate=-1"], "setting 'learning_rate' is -1.0"),
+    ("train.py", ["--max_iters=ten"], "'max_iters'"),
+    ("train.py", ["--no_such=1"], "unknown setting 'no_such'"),
+    ("sample.py", ["--temperature=-1"], "setting 'temperature' is -1.0"),
+    ("sample.py", ["--top_p=0"], "setting 'top_p' is 0.0"),
+    ("sample.py", ["--num_samples=0"], "setting 'num_samples' is 0"),
+    ("sample.py", ["--dtype=int8"], "setting 'dtype' is 'int8'"),
+    ("sample.py", ["--init_from=gpt2", "--start=FILE:no_such_prompt.txt"], "there is no file 'no_such_prompt.txt'"),
+    ("attention.py", ["--layers=a,b"], "setting 'layers' is 'a,b'"),
+    ("attention.py", ["--head=-1"], "setting 'head' is -1"),
+    ("eval_needle.py", ["--lengths=long"], "setting 'lengths' is 'long'"),
+    ("eval_needle.py", ["--depths=0,2"], "setting 'depths' is '0,2'"),
+    ("eval_needle.py", ["--needles=0"], "setting 'needles' is 0"),
+    ("eval_needle.py", ["--models=./no/such/run"], "no folder './no/such/run'"),
+    ("bench.py", ["--methods=lora,dora"], "setting 'methods' is 'lora,dora'"),
+    ("bench.py", ["--seq_lens=0"], "setting 'seq_lens' is '0'"),
+    ("bench.py", ["--n_embd=100"], "setting 'n_embd' is 100; allowed: a multiple of n_head=12"),
+    ("induction.py", ["--seq_lens=1"], "setting 'seq_lens' is '1'"),
+    ("induction.py", ["--n_seq=0"], "setting 'n_seq' is 0"),
+]
+
+
+@pytest.mark.parametrize("script,args,says", BAD, ids=[f"{s}:{a[-1]}" for s, a, _ in BAD])
+def test_a_bad_value_gets_one_line(script, args, says, tmp_path):
+    out, code = run_script(script, f"--out_dir={tmp_path / 'run'}" if script in ("train.py",) else "--device=cpu", *args)
+    assert isinstance(code, str) and code.startswith("error: ") and "\n" not in code, code  # printed to stderr, exit 1
+    assert says in code
+    assert not os.path.exists(tmp_path / "run")  # nothing written
+
+
+@pytest.mark.parametrize("script,args,says", [
+    ("data/needle/prepare.py", ["--needles=99"], "n_needles must be in 1..30"),
+    ("data/needle/prepare.py", ["--tokens=20"], "cannot hold"),
+    ("data/shakespeare/prepare.py", ["--input=no_such.txt"], "--input no_such.txt does not exist"),
+    ("data/shakespeare_copy/prepare.py", ["--copy_fraction=1.5"], "--copy_fraction must be in [0, 1)"),
+    ("data/shakespeare_copy/prepare.py", ["--tokens=3"], "unrecognized arguments: --tokens=3"),
+])
+def test_prepare_scripts_bad_values(script, args, says, tmp_path):
+    out = run(sys.executable, script, f"--out_dir={tmp_path}", *args)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and says in out.stderr
+
+
+def test_a_real_script_exits_1_with_no_traceback(tmp_path):
+    out = run(sys.executable, "train.py", "--method=dif", f"--out_dir={tmp_path}")
+    assert out.returncode == 1 and out.stderr.strip().startswith("error: setting 'method'") and "Traceback" not in out.stderr
+
+
+def test_a_missing_folder_is_named_and_the_hub_is_not(tmp_path):
+    missing = str(tmp_path / "no_run")
+    for script in ("sample.py", "attention.py"):
+        out = run(sys.executable, script, f"--out_dir={missing}")
+        assert out.returncode == 1 and missing in out.stderr and "hub" not in out.stderr.lower(), out.stderr
+    with pytest.raises(OSError, match="no folder") as e:
+        GPT.from_pretrained(missing)
+    assert "hub" not in str(e.value).lower()
+    with pytest.raises(OSError) as e:  # a name that could be a hub id: the message says both
+        GPT.from_pretrained("no-such-model-here")
+    assert "no folder of that name here" in str(e.value) and "Hugging Face hub" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- portable adapters
+
+def test_an_adapter_made_in_one_folder_samples_from_another(chain, tmp_path):
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir(), elsewhere.mkdir()
+    make_hf_model(vocab_size=50257, bos_token_id=50256, eos_token_id=50256).save_pretrained(home / "base")
+    common = ["--dataset=" + chain, "--max_iters=2", "--eval_interval=2", "--batch_size=2", "--block_size=16",
+              "--eval_iters=1", "--device=cpu"]
+    out = run(sys.executable, os.path.join(ROOT, "train.py"), "--init_from=base", "--out_dir=run", *common, cwd=home)
+    assert out.returncode == 0, out.stderr
+    model = load_trained(str(home / "run"))  # from the tests' own working directory
+    assert model.name_or_path == str(home / "base")
+    x = torch.randint(0, 101, (1, 8))
+    gen = run(sys.executable, os.path.join(ROOT, "sample.py"), "--out_dir=../home/run", "--start=<|endoftext|>",
+              "--max_new_tokens=4", "--num_samples=1", "--device=cpu", cwd=elsewhere)
+    assert gen.returncode == 0, gen.stderr
+    # the recorded base is gone: the error names it and points at --base
+    shutil.move(home / "base", home / "moved")
+    gen = run(sys.executable, os.path.join(ROOT, "sample.py"), "--out_dir=../home/run", cwd=elsewhere)
+    assert gen.returncode == 1 and str(home / "base") in gen.stderr and "--base=" in gen.stderr
+    with pytest.warns(UserWarning, match="was trained on .*base, loading it onto .*moved"):
+        assert load_trained(str(home / "run"), base=str(home / "moved"))(x)[0].shape == (1, 8, 50257)
+
+
+# ----------------------------------------------------------------------------- partial results
+
+def test_eval_needle_keeps_finished_cells_when_a_later_model_fails(trained_50k, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_50k[0], broken)
+    with open(broken / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    out = run(sys.executable, "eval_needle.py", f"--models={trained_50k[0]},{broken}", "--lengths=48",
+              "--depths=0,1", "--examples=1", "--needles=2", f"--out={tmp_path / 'n.png'}")
+    assert out.returncode == 1 and "truncated or corrupt" in out.stderr and "finished results are in" in out.stderr
+    assert f"evaluating {trained_50k[0]}" in out.stdout and "length 48" in out.stdout  # progress
+    table = open(tmp_path / "n.txt").read()
+    assert f"{trained_50k[0]}: exact match" in table and re.search(r"^\s+48\s+\d", table, flags=re.M)
