@@ -313,7 +313,7 @@ def plot_metrics(path):
     ax.plot([r["iter"] for r in metrics["log"]], [r["loss"] for r in metrics["log"]], alpha=0.3, label="train (batch)")
     ax.plot([r["iter"] for r in ev], [r["train"] for r in ev], "o-", label="train (eval)")
     ax.plot([r["iter"] for r in ev], [r["val"] for r in ev], "o-", label="val")
-    ax.set(xlabel="iteration", ylabel="loss", title=f"{method} on {dataset}, {base}")
+    ax.set(xlabel="iteration", ylabel="loss", title=f"{method} on {os.path.basename(dataset)}, {os.path.basename(base)}")
     ax.legend()
     if method == "difflora":
         ax = axes[0, 1]

@@ -1,7 +1,7 @@
 # A baby GPT-2 pretrained from scratch on tiny-shakespeare in about 15 minutes on 2 CPU cores.
 # GPT-2's BPE vocabulary, so every script works on the result; the folder it writes
 # (config.json + model.safetensors) is a base model like any other: --init_from=out-pretrain.
-#   python data/shakespeare/prepare.py --input ../shared/data/tinyshakespeare/input.txt
+#   python data/shakespeare/prepare.py             # offline: --input PATH/input.txt
 #   python train.py config/pretrain_shakespeare.py
 # The shape won an equal-time comparison on 2 CPU cores (README); the 50,257-wide output layer
 # is most of the cost, so width costs far more than depth here.

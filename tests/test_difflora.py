@@ -1,4 +1,4 @@
-"""difflora.py against the equations of ../shared/docs/difflora.md and naive computations."""
+"""difflora.py against the DiffLoRA equations (README, "How it works") and naive computations."""
 
 import math
 import os

@@ -12,7 +12,7 @@ the rest, which takes many occurrences; drawn from all 50,257 tokens (about 6 oc
 here), no copying appeared in 400 iterations. Numbers because the lab's needle task asks for
 4-digit codes, and shakespeare holds 1 of the 986 tokens that spell them.
 
-    python data/shakespeare/prepare.py --input ../shared/data/tinyshakespeare/input.txt
+    python data/shakespeare/prepare.py             # offline: --input PATH/input.txt
     python data/shakespeare_copy/prepare.py                      # then train on --dataset=shakespeare_copy
 
 Writes train.bin (shakespeare and copy documents interleaved), train_mask.bin (0 on the
