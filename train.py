@@ -414,6 +414,7 @@ if ddp:
     all_gather_object(digests, digest)
     if master:
         print(f"all {world_size} ranks hold identical trainable tensors: {len(set(digests)) == 1}")
+    barrier()  # no rank tears the group down while another still uses it (gloo aborts at exit otherwise)
     destroy_process_group()
 if master:
     print(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}; checkpoint in {out_dir}")
