@@ -355,7 +355,7 @@ if master:
     print(f"tokens per iteration: {tokens_per_iter:,}; {raw_model.flops_per_token(block_size) / 1e9:.2f} GFLOP per token")
 
 model.train()
-t0 = time.time()
+t0 = run_start = time.time()
 start_iter = iter_num
 while True:
     if (iter_num % eval_interval == 0 or iter_num == max_iters) and not (iter_num == start_iter > 0):  # a resume has it already
@@ -407,6 +407,8 @@ while True:
         print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms, "
               f"{tokens_per_iter / dt:,.0f} tok/s, mfu {mfu}{lam}, eta {eta / 60:.1f} min")
         metrics["log"].append({"iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "tok_s": tokens_per_iter / dt})
+        if iter_num - start_iter <= log_interval:  # once, after the first timed iterations
+            print(f"estimated total time of this run: {(time.time() - run_start + eta) / 60:.1f} min")
 
 if ddp:
     digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in trainable)).hexdigest()

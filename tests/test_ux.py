@@ -59,7 +59,15 @@ def test_a_cpu_run_says_so_and_prints_its_eta(tiny101, chain, tmp_path, capsys):
     train(f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path}", "--max_iters=10", "--device=auto")
     out = capsys.readouterr().out
     assert "no GPU found" in out and "config/train_tiny_cpu.py" in out
-    assert re.search(r"iter 5: .* eta \d+\.\d min", out)
+    assert re.search(r"iter 5: .* eta \d+\.\d min", out) and re.search(r"estimated total time of this run: \d+\.\d min", out)
+
+
+def test_missing_tokenizer_files_say_how_to_supply_them(tmp_path):
+    # an empty tiktoken cache and a proxy nobody listens on stand for a machine with no network
+    out = run(sys.executable, "data/needle/prepare.py", f"--out_dir={tmp_path}", TIKTOKEN_CACHE_DIR=str(tmp_path),
+              https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "could not load the GPT-2 tokenizer" in out.stderr and "TIKTOKEN_CACHE_DIR" in out.stderr
 
 
 # ----------------------------------------------------------------------------- --help
