@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from configurator import check, configure
+from configurator import check, check_device, configure
 from difflora import attention_maps, attention_regions, load_trained, region_mass
 from model import GPT, gpt2_encoding
 
@@ -38,7 +38,7 @@ try:
 except ValueError:
     check(False, "layers", layers, "comma-separated layer indices such as 0,5,-1")
 check(head >= 0, "head", head, "an integer >= 0, below the model's n_head")
-check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
+check_device(device)
 if init_from == "out_dir" and not os.path.isdir(out_dir):
     raise SystemExit(f"error: out_dir {out_dir!r} does not exist (from {os.getcwd()}): train into it first, "
                      f"or look at a plain model with --init_from=gpt2")

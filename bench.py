@@ -22,7 +22,7 @@ from contextlib import nullcontext
 
 import torch
 
-from configurator import check, choose, configure
+from configurator import check, check_device, choose, configure
 from difflora import DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, set_attention_path
 from model import GPT, GPTConfig, peak_flops
 
@@ -58,7 +58,7 @@ check(all(t.isdigit() and int(t) >= 1 for t in seq_lens.split(",")), "seq_lens",
 for key in ("n_layer", "n_head", "n_embd", "vocab_size", "batch_size", "rank", "steps", "gen_tokens", "gen_prompt"):
     check(config[key] >= 1, key, config[key], "an integer >= 1")
 check(n_embd % n_head == 0, "n_embd", n_embd, f"a multiple of n_head={n_head}")
-check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
+check_device(device)
 choose("dtype", dtype, ("auto", "float32", "bfloat16", "float16"))
 if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"

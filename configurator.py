@@ -60,6 +60,11 @@ def choose(key, value, options):
     check(value in options, key, value, " | ".join(map(str, options)))
 
 
+def check_device(device):
+    """check() the device setting of any script."""
+    check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
+
+
 def configure(settings, argv):
     """Apply config files and --key=value arguments to settings (name -> default), in order.
     --help or -h prints the calling script's settings and exits."""

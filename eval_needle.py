@@ -22,7 +22,7 @@ import sys
 
 import torch
 
-from configurator import check, configure
+from configurator import check, check_device, configure
 from difflora import attention_maps, attention_regions, load_trained, read_adapter, region_mass
 from model import gpt2_encoding
 
@@ -53,7 +53,7 @@ check(all(n >= 16 for n in length_list), "lengths", lengths, "token counts >= 16
 check(all(0 <= d <= 1 for d in depth_list), "depths", depths, "numbers in [0, 1]")
 check(1 <= needles <= 30, "needles", needles, "1..30")
 check(examples >= 1, "examples", examples, "an integer >= 1")
-check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
+check_device(device)
 if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
 out = out or os.path.join("out-needle-eval", "needle.png")

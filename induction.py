@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from configurator import check, configure
+from configurator import check, check_device, configure
 
 
 @torch.no_grad()
@@ -57,7 +57,7 @@ if __name__ == "__main__":
     check(all(n.isdigit() and int(n) >= 2 for n in seq_lens.split(",")), "seq_lens", seq_lens,
           "comma-separated lengths >= 2 such as 16,48")
     check(n_seq >= 1, "n_seq", n_seq, "an integer >= 1")
-    check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
+    check_device(device)
     lens = [int(n) for n in seq_lens.split(",")]
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset, "train.bin")
     if not os.path.exists(path):

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 
 import torch
 
-from configurator import check, choose, configure
+from configurator import check, check_device, choose, configure
 from difflora import load_trained
 from model import gpt2_encoding
 
@@ -38,7 +38,7 @@ for key in ("num_samples", "max_new_tokens"):
 check(temperature >= 0, "temperature", temperature, "a number >= 0 (0: greedy)")
 check(top_k >= 0, "top_k", top_k, "an integer >= 0 (0: off)")
 check(0 < top_p <= 1, "top_p", top_p, "a number in (0, 1] (1: off)")
-check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
+check_device(device)
 choose("dtype", dtype, ("auto", "float32", "bfloat16", "float16"))
 if init_from == "out_dir" and not os.path.isdir(out_dir):
     raise SystemExit(f"error: out_dir {out_dir!r} does not exist (from {os.getcwd()}): train into it first "

@@ -25,7 +25,7 @@ import torch
 from torch.distributed import all_gather_object, barrier, destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import check, choose, configure
+from configurator import check, check_device, choose, configure
 from difflora import (DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, load_trainable_state_dict, param_report,
                       save_adapter, trainable_state_dict)
 from model import GPT, GPTConfig, peak_flops, save_atomically, save_json
@@ -91,7 +91,7 @@ choose("method", method, ("difflora", "lora", "full"))
 choose("variant", variant, ("both", "negative", "shared"))
 choose("init", init, ("paper", "preserve"))
 choose("dtype", dtype, ("auto", "float32", "bfloat16", "float16"))
-check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
+check_device(device)
 for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval",
             "lora_rank", "n_layer", "n_head", "n_embd"):
     check(config[key] >= 1, key, config[key], "an integer >= 1")
