@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from configurator import check, check_device, configure
+from configurator import check, check_device, configure, read_text
 from difflora import attention_maps, attention_regions, load_trained, region_mass
 from model import GPT, gpt2_encoding
 
@@ -42,14 +42,10 @@ check_device(device)
 if init_from == "out_dir" and not os.path.isdir(out_dir):
     raise SystemExit(f"error: out_dir {out_dir!r} does not exist (from {os.getcwd()}): train into it first, "
                      f"or look at a plain model with --init_from=gpt2")
-if start.startswith("FILE:") and not os.path.isfile(start[5:]):
-    raise SystemExit(f"error: start={start!r}: there is no file {start[5:]!r}")
+start = read_text("start", start)
 out = out or os.path.join(out_dir if init_from == "out_dir" else "out-attention", "attention.png")
 if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
-if start.startswith("FILE:"):
-    with open(start[5:], encoding="utf-8") as f:
-        start = f.read()
 try:
     model = load_trained(out_dir if init_from == "out_dir" else init_from, base).eval().to(device)
     base_name = base or (model.name_or_path if model.adapter is not None else "")

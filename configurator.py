@@ -7,7 +7,8 @@ runs each config file (plain Python assigning some of those globals), then appli
 --key=value overrides (values are Python literals; a string setting takes the text as is).
 An unknown key or a value of the wrong type stops the script with a message naming the
 key and the closest valid ones. An int is accepted for a float setting; a setting whose
-default is None takes any value. --help (or -h) prints the script's docstring and every
+default is None takes any value; read_text() gives a text setting that says FILE:path the
+file's contents. --help (or -h) prints the script's docstring and every
 setting with its default and the comment beside it in the source. check() and choose() stop
 a script on a bad value with one line that names the setting, the value and what is allowed.
 """
@@ -63,6 +64,18 @@ def choose(key, value, options):
 def check_device(device):
     """check() the device setting of any script."""
     check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
+
+
+def read_text(key, value):
+    """A text setting that may name a file (FILE:path): the text itself, or the file's contents.
+    A file that cannot be read stops the script with one line."""
+    if not value.startswith("FILE:"):
+        return value
+    try:
+        with open(value[5:], encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise SystemExit(f"error: {key}={value!r}: there is no file {value[5:]!r} or it cannot be read ({e.strerror})") from None
 
 
 def configure(settings, argv):

@@ -17,14 +17,13 @@ and written beside the PNG as .txt, headed by the command) and a heat-map PNG of
 
 import json
 import os
-import re
 import sys
 
 import torch
 
 from configurator import check, check_device, configure
 from difflora import attention_maps, attention_regions, load_trained, read_adapter, region_mass
-from model import gpt2_encoding
+from model import gpt2_encoding, is_hub_id
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "needle"))
 from needle import make_example  # noqa: E402
@@ -66,7 +65,7 @@ def context_of(name):
     """The context length of a model, read from its files without loading it (None for a hub id);
     stops with one line if the model cannot be there."""
     if not os.path.isdir(name):
-        if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) and not name.startswith("."):
+        if is_hub_id(name):
             return None  # a hub id: from_pretrained fetches it (or says why it cannot)
         raise SystemExit(f"error: models: no folder {name!r} here (from {os.getcwd()})")
     if os.path.exists(os.path.join(name, "adapter.safetensors")):
@@ -91,8 +90,8 @@ def mean(xs):
 
 
 def write_table():
-    """The table of everything finished so far, printed nowhere: written to `table`, so that an
-    interrupted or failing evaluation keeps what it measured."""
+    """Write the table of everything finished so far to `table`, so that an interrupted or
+    failing evaluation keeps what it measured; return its lines."""
     lines = [f"# python eval_needle.py {' '.join(sys.argv[1:])}",
              f"# {needles} needles, {examples} examples per cell; chance: 1/{needles} = {1 / needles:.2f} for a model "
              f"that copies the value of a random needle, 1/9000 for a guessed 4-digit code"]

@@ -59,12 +59,11 @@ if __name__ == "__main__":
     check(n_seq >= 1, "n_seq", n_seq, "an integer >= 1")
     check_device(device)
     lens = [int(n) for n in seq_lens.split(",")]
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset, "train.bin")
-    if not os.path.exists(path):
-        path = os.path.join(dataset, "train.bin")
+    path = next((p for p in (os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset, "train.bin"),
+                             os.path.join(dataset, "train.bin")) if os.path.exists(p)), None)
     if dataset == "all":
         alphabet = torch.arange(50256)  # all but <|endoftext|>
-    elif os.path.exists(path):
+    elif path:
         alphabet = torch.from_numpy(np.unique(np.fromfile(path, dtype=np.uint16)).astype(np.int64))
     else:
         raise SystemExit(f"error: no train.bin for dataset {dataset!r}: run python data/{dataset}/prepare.py first, "

@@ -344,13 +344,18 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
 
 # ----------------------------------------------------------------------------- checkpoint loading
 
+def is_hub_id(name):
+    """Whether name could be a Hugging Face model id (gpt2, org/name) rather than a path."""
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not name.startswith(".")
+
+
 def _checkpoint_dir(name_or_path):
     """A local directory, or the hub cache snapshot of a model id (downloaded if needed)."""
     if os.path.isdir(name_or_path):
         return name_or_path
     if os.path.exists(name_or_path):
         raise ValueError(f"{name_or_path} is a file; pass the directory holding config.json and the weights")
-    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name_or_path) or name_or_path.startswith((".", "/")):
+    if not is_hub_id(name_or_path):
         raise OSError(f"no folder {name_or_path!r} here (from {os.getcwd()}): pass an existing checkpoint folder or a "
                       f"Hugging Face model id such as gpt2")
     from huggingface_hub import snapshot_download

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 
 import torch
 
-from configurator import check, check_device, choose, configure
+from configurator import check, check_device, choose, configure, read_text
 from difflora import load_trained
 from model import gpt2_encoding
 
@@ -43,8 +43,7 @@ choose("dtype", dtype, ("auto", "float32", "bfloat16", "float16"))
 if init_from == "out_dir" and not os.path.isdir(out_dir):
     raise SystemExit(f"error: out_dir {out_dir!r} does not exist (from {os.getcwd()}): train into it first "
                      f"(python train.py --out_dir={out_dir}), or sample a base model with --init_from=gpt2")
-if start.startswith("FILE:") and not os.path.isfile(start[5:]):
-    raise SystemExit(f"error: start={start!r}: there is no file {start[5:]!r}")
+start = read_text("start", start)
 
 torch.manual_seed(seed)
 if device == "auto":
@@ -62,9 +61,6 @@ except (OSError, ValueError) as e:
 model.eval().to(device)
 
 enc = gpt2_encoding()
-if start.startswith("FILE:"):
-    with open(start[5:], encoding="utf-8") as f:
-        start = f.read()
 ids = enc.encode(start, allowed_special={"<|endoftext|>"})
 if not ids:
     raise SystemExit("error: the prompt is empty; pass --start=TEXT or --start=FILE:path")
@@ -97,4 +93,5 @@ with torch.no_grad(), ctx:
         print(start, end="", flush=True)
         model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None,
                        top_p=top_p if top_p < 1.0 else None, on_token=stream)
-        print("\n---------------")
+        print(enc.decode_bytes(pending).decode("utf-8", errors="replace") + "\n---------------")  # what is still held
+        pending.clear()
