@@ -1,22 +1,36 @@
 """
 Speed and memory of a training step and of generation, on random weights (no download),
-GPT-2 small shapes by default. For each method and sequence length: step time, tokens/s,
-MFU (GPUs with a known peak) and memory (CUDA memory stats on a GPU, the process's resident
-set on CPU: the peak, and "step MB", how far the step rose above the memory the model held before it); then generation with and without the KV cache; then the ratios that matter.
+GPT-2 small shapes by default.
 
-    python bench.py                                    # the full table on this machine
-    python bench.py --seq_lens=256,512 --gen=False     # a quicker one
+1. A table, one fresh process per method and sequence length (so its peak memory is its own):
+   step time, tokens/s, MFU (GPUs with a known peak) and memory (CUDA memory stats on a GPU,
+   the process's resident set on CPU: the peak, and "step MB", how far the step rose above the
+   memory the model held before it).
+2. Ratios, measured so that they hold on a busy machine: the two contenders run in one
+   process and alternate step by step (the order flips every pair), and each ratio is the
+   median of the per-pair ratios, shown with their spread (lowest-highest). DiffLoRA / LoRA
+   beside the arithmetic's floor (the ratio of their FLOPs per token); our LoRA / Hugging Face
+   transformers + PEFT LoRA (same parameter count) and our cached greedy generation against
+   transformers' generate, when those libraries are installed (they are optional: only
+   benchmarks and tests use them).
+3. Generation with and without the KV cache.
+
+    python bench.py                                    # everything, on this machine
+    python bench.py --seq_lens=256 --gen=False         # a quicker one
     python bench.py --device=cuda --compile=True       # on a GPU (bf16 autocast there)
 
 Methods: none (the frozen base model, forward only), lora (LoRA on Q, K at rank 2r: DiffLoRA's
 parameter budget), difflora (rank r, both terms; fused and explicit attention paths), full.
+Adapter dropout is 0.1, as train.py uses it (--dropout to change it).
 """
 
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 
@@ -31,15 +45,19 @@ n_layer = 12
 n_head = 12
 n_embd = 768
 vocab_size = 50257
-batch_size = 1
-seq_lens = "256,512,1024"
-methods = "none,lora,difflora,full"
-explicit = True  # also time DiffLoRA's explicit (materialised maps) path
+batch_size = 1  # of the table
+seq_lens = "256,512,1024"  # of the table
+methods = "none,lora,difflora,full"  # of the table; "" for no table
+explicit = True  # also time DiffLoRA's explicit (materialised maps) path in the table
+steps = 3  # timed steps per table row, after one warm-up step
+ratio_shapes = "1x1024,4x256"  # BxT shapes of the interleaved ratios; "" for none
+pairs = 7  # interleaved pairs per ratio
+hf = True  # also race transformers (+ PEFT), when installed
 rank = 16  # DiffLoRA's; the LoRA baseline uses 2 * rank on Q and K
-steps = 3  # timed steps, after one warm-up step
+dropout = 0.1  # adapter dropout of every method (train.py's lora_dropout default; 0.0 shows what the masks cost)
 gen = True  # also time generation
 gen_methods = "none,difflora"
-gen_tokens = 256
+gen_tokens = 128
 gen_prompt = 16
 device = "auto"
 dtype = "auto"  # auto: bf16 autocast on a GPU that supports it, fp32 on CPU
@@ -52,12 +70,16 @@ config = {k: v for k, v in globals().items() if not k.startswith("_") and isinst
 config = configure(config, sys.argv[1:])
 globals().update(config)
 METHODS = ("none", "lora", "difflora", "full")
-check(set(methods.split(",")) <= set(METHODS), "methods", methods, "a comma-separated subset of " + ",".join(METHODS))
+check(set(methods.split(",")) <= set(METHODS) or not methods, "methods", methods, "a comma-separated subset of " + ",".join(METHODS) + ", or empty")
 check(set(gen_methods.split(",")) <= {"none", "difflora"}, "gen_methods", gen_methods, "a comma-separated subset of none,difflora")
 check(all(t.isdigit() and int(t) >= 1 for t in seq_lens.split(",")), "seq_lens", seq_lens, "comma-separated lengths such as 256,1024")
-for key in ("n_layer", "n_head", "n_embd", "vocab_size", "batch_size", "rank", "steps", "gen_tokens", "gen_prompt"):
+shapes = [tuple(int(v) for v in s.split("x")) for s in ratio_shapes.split(",")] if ratio_shapes else []
+check(all(s.count("x") == 1 and all(v.isdigit() and int(v) >= 1 for v in s.split("x")) for s in ratio_shapes.split(","))
+      or not ratio_shapes, "ratio_shapes", ratio_shapes, "comma-separated BxT shapes such as 1x1024,4x256, or empty")
+for key in ("n_layer", "n_head", "n_embd", "vocab_size", "batch_size", "rank", "steps", "pairs", "gen_tokens", "gen_prompt"):
     check(config[key] >= 1, key, config[key], "an integer >= 1")
 check(n_embd % n_head == 0, "n_embd", n_embd, f"a multiple of n_head={n_head}")
+check(0 <= dropout < 1, "dropout", dropout, "a number in [0, 1)")
 check_device(device)
 choose("dtype", dtype, ("auto", "float32", "bfloat16", "float16"))
 if device == "auto":
@@ -67,20 +89,41 @@ if dtype == "auto":
     dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
 ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
 peak = peak_flops(device)
-T_max = max(int(t) for t in seq_lens.split(","))
+T_max = max([int(t) for t in seq_lens.split(",")] + [T for _, T in shapes] + [gen_prompt + gen_tokens])
 
 
 def build(method):
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(block_size=max(T_max, gen_prompt + gen_tokens), vocab_size=vocab_size, n_layer=n_layer,
-                          n_head=n_head, n_embd=n_embd))
+    model = GPT(GPTConfig(block_size=T_max, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd))
     if method in ("difflora", "difflora-explicit"):
-        apply_difflora(model, DiffLoRAConfig(r=rank, alpha=2.0 * rank))
+        apply_difflora(model, DiffLoRAConfig(r=rank, alpha=2.0 * rank, dropout=dropout))
         set_attention_path(model, method == "difflora-explicit")
     elif method == "lora":
-        apply_lora(model, LoRAConfig(r=2 * rank, alpha=4.0 * rank, dropout=0.1, targets=("q", "k")))
+        apply_lora(model, LoRAConfig(r=2 * rank, alpha=4.0 * rank, dropout=dropout, targets=("q", "k")))
     elif method == "none":
         model.requires_grad_(False)
+    return model.to(device)
+
+
+def build_hf(lora):
+    """transformers' GPT2LMHeadModel with the same random weights as build("none"); with lora,
+    PEFT's LoRA on c_attn (Q, K and V fused) at rank 2r: the same parameter count as our LoRA
+    on Q and K at rank 2r. None when the libraries are missing."""
+    try:
+        import transformers
+        from transformers import GPT2LMHeadModel
+        if lora:
+            from peft import LoraConfig, get_peft_model
+    except ImportError:
+        return None
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as tmp:
+        build("none").save_pretrained(tmp)
+        model = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="sdpa")
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=2 * rank, lora_alpha=4 * rank, lora_dropout=dropout,
+                                                 target_modules=["c_attn"], fan_in_fan_out=True))
     return model.to(device)
 
 
@@ -115,56 +158,79 @@ def sync():
         torch.cuda.synchronize()
 
 
-def bench_step(method, T):
-    model = build(method)
-    step_fn = model
-    if compile:
-        step_fn = torch.compile(model)
-    x = torch.randint(0, vocab_size, (batch_size, T), device=device)
+def train_step(model, B, T, hf_model=False):
+    """One training step of model on random tokens (B, T), as a function of no arguments: forward,
+    backward, AdamW; a model with nothing to train runs the forward pass alone."""
+    x = torch.randint(0, vocab_size, (B, T), device=device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4) if params else None
-    reset_peak()
-    before = memory_mb(peak=False)  # the model; the step adds activations, gradients, optimiser state
+    fn = torch.compile(model) if compile else model
+    model.train()
 
     def step():
-        if opt is None:  # nothing to train: the forward pass alone
+        if opt is None:
             with torch.no_grad(), ctx:
-                step_fn(x)
+                fn(x)
             return
         with ctx:
-            _, loss = step_fn(x, x)
+            loss = fn(input_ids=x, labels=x).loss if hf_model else fn(x, x)[1]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+    return step
 
-    step()  # warm-up (and compilation)
+
+def timed(fn):
     sync()
     t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
+    fn()
     sync()
-    dt = (time.perf_counter() - t0) / steps
-    row = dict(method=method, T=T, ms=dt * 1000, tok_s=batch_size * T / dt, peak_mb=memory_mb(peak=True),
-               step_mb=memory_mb(peak=True) - before,
-               mfu=(model.flops_per_token(T) * batch_size * T / dt / peak) if peak and opt else None)
-    del model, opt, step_fn
-    return row
+    return time.perf_counter() - t0
 
 
-def bench_generate(method):
-    model = build(method).eval()
-    prompt = torch.randint(0, vocab_size, (1, gen_prompt), device=device)
-    times = {}
-    for use_cache in (True, False):
-        sync()
-        t0 = time.perf_counter()
-        with ctx:
-            model.generate(prompt, gen_tokens, temperature=0, use_cache=use_cache)
-        sync()
-        times[use_cache] = time.perf_counter() - t0
-    del model
-    return dict(method=method, tokens=gen_tokens, cached_s=times[True], uncached_s=times[False],
-                speedup=times[False] / times[True])
+def interleaved(a, b):
+    """Per-pair ratios time(a) / time(b) over `pairs` pairs, a and b alternating (the order flips
+    every pair, so neither always runs right after the other), after two warm-up calls of each
+    (the allocator and the optimiser's state settle in the first steps)."""
+    a(), b(), a(), b()
+    ratios = []
+    for i in range(pairs):
+        if i % 2 == 0:
+            ta, tb = timed(a), timed(b)
+        else:
+            tb, ta = timed(b), timed(a)
+        ratios.append(ta / tb)
+    return ratios
+
+
+def bench_step(method, T):
+    model = build(method)
+    reset_peak()
+    before = memory_mb(peak=False)  # the model; the step adds activations, gradients, optimiser state
+    step = train_step(model, batch_size, T)
+    step()  # warm-up (and compilation)
+    dt = sum(timed(step) for _ in range(steps)) / steps
+    trains = any(p.requires_grad for p in model.parameters())
+    return dict(method=method, T=T, ms=dt * 1000, tok_s=batch_size * T / dt, peak_mb=memory_mb(peak=True),
+                step_mb=memory_mb(peak=True) - before,
+                mfu=(model.flops_per_token(T) * batch_size * T / dt / peak) if peak and trains else None)
+
+
+def generate_fn(model, prompt, use_cache=True, hf_model=False):
+    model.eval()
+    if hf_model:  # min_new_tokens: a random model may emit the end-of-text token; make both emit gen_tokens
+        return lambda: model.generate(prompt, max_new_tokens=gen_tokens, min_new_tokens=gen_tokens, do_sample=False,
+                                      pad_token_id=0)
+    return lambda: model.generate(prompt, gen_tokens, temperature=0, use_cache=use_cache)
+
+
+def summary(ratios):
+    return dict(median=statistics.median(ratios), low=min(ratios), high=max(ratios), pairs=ratios)
+
+
+def show(label, r, floor=None):
+    floor = f"   arithmetic's floor {floor:.2f}" if floor is not None else ""
+    print(f"{label:<52}{r['median']:>6.2f}  ({r['low']:.2f}-{r['high']:.2f} over {len(r['pairs'])} pairs){floor}", flush=True)
 
 
 if only:
@@ -174,15 +240,16 @@ if only:
 
 name = torch.cuda.get_device_name(device) if device_type == "cuda" else "CPU"
 print(f"device {device} ({name}), dtype {dtype}, compile {compile}, torch {torch.__version__}, "
-      f"threads {torch.get_num_threads()}; n_layer {n_layer}, n_head {n_head}, n_embd {n_embd}, batch {batch_size}")
+      f"threads {torch.get_num_threads()}; n_layer {n_layer}, n_head {n_head}, n_embd {n_embd}, rank {rank}")
 rows = []
-method_list = methods.split(",")
+method_list = methods.split(",") if methods else []
 if explicit and "difflora" in method_list:
     method_list.insert(method_list.index("difflora") + 1, "difflora-explicit")
-print(f"{'method':<18}{'T':>6}{'step ms':>10}{'tok/s':>10}{'MFU':>8}{'peak MB':>10}{'step MB':>10}")
+if method_list:
+    print(f"\n1. one process per row, batch {batch_size}, {steps} steps each")
+    print(f"{'method':<18}{'T':>6}{'step ms':>10}{'tok/s':>10}{'MFU':>8}{'peak MB':>10}{'step MB':>10}")
 for T in (int(t) for t in seq_lens.split(",")):
     for method in method_list:
-        # a fresh process per configuration: its peak memory is its own, its allocator starts empty
         res = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], f"--only={method}:{T}"],
                              capture_output=True, text=True)
         if res.returncode:
@@ -191,27 +258,48 @@ for T in (int(t) for t in seq_lens.split(",")):
         rows.append(r)
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         print(f"{method:<18}{T:>6}{r['ms']:>10.1f}{r['tok_s']:>10,.0f}{mfu:>8}{r['peak_mb']:>10,.0f}{r['step_mb']:>10,.0f}", flush=True)
+by = {(r["method"], r["T"]): r for r in rows}
+for T in (int(t) for t in seq_lens.split(",")):
+    if ("difflora-explicit", T) in by and by["difflora", T]["step_mb"] >= 1:
+        e, f = by["difflora-explicit", T], by["difflora", T]
+        print(f"T={T}: DiffLoRA explicit / fused step memory {e['step_mb'] / f['step_mb']:.2f}")
+
+ratios = {}
+if shapes or (gen and hf):
+    print(f"\n2. ratios of times, the contenders interleaved in one process: median (lowest-highest) of {pairs} pairs")
+for B, T in shapes:
+    lora, diff = build("lora"), build("difflora")
+    floor = diff.flops_per_token(T) / lora.flops_per_token(T)
+    r = ratios[f"difflora/lora {B}x{T}"] = summary(interleaved(train_step(diff, B, T), train_step(lora, B, T)))
+    show(f"DiffLoRA / LoRA step, B={B} T={T}", r, floor)
+    peft = build_hf(lora=True) if hf else None
+    if peft is not None:
+        r = ratios[f"lora/peft {B}x{T}"] = summary(interleaved(train_step(lora, B, T), train_step(peft, B, T, hf_model=True)))
+        show(f"our LoRA / transformers+PEFT LoRA step, B={B} T={T}", r)
+    del lora, diff, peft
+if gen and hf:
+    ours, theirs = build("none"), build_hf(lora=False)
+    if theirs is not None:
+        prompt = torch.randint(0, vocab_size, (1, gen_prompt), device=device)
+        with torch.no_grad():
+            same = torch.equal(generate_fn(ours, prompt)(), generate_fn(theirs, prompt, hf_model=True)())
+        r = ratios["generate/hf"] = summary(interleaved(generate_fn(theirs, prompt, hf_model=True), generate_fn(ours, prompt)))
+        show("our cached generation, tokens/s / transformers'", r)
+        print(f"  ({gen_tokens} greedy tokens after {gen_prompt}, batch 1; same tokens as transformers: {same})")
+    del ours, theirs
 
 gen_rows = []
 if gen:
-    print(f"\ngeneration of {gen_tokens} tokens after a {gen_prompt}-token prompt, batch 1, greedy")
+    print(f"\n3. generation of {gen_tokens} tokens after a {gen_prompt}-token prompt, batch 1, greedy")
     print(f"{'method':<18}{'cached s':>10}{'uncached s':>12}{'speedup':>9}")
     for method in gen_methods.split(","):
-        g = bench_generate(method)
-        gen_rows.append(g)
-        print(f"{method:<18}{g['cached_s']:>10.2f}{g['uncached_s']:>12.2f}{g['speedup']:>8.1f}x", flush=True)
-
-print("\nratios")
-by = {(r["method"], r["T"]): r for r in rows}
-for T in (int(t) for t in seq_lens.split(",")):
-    if ("difflora", T) in by and ("lora", T) in by:
-        print(f"T={T}: DiffLoRA / LoRA step time {by['difflora', T]['ms'] / by['lora', T]['ms']:.2f}")
-    if ("difflora-explicit", T) in by and by["difflora", T]["step_mb"] >= 1:
-        e, f = by["difflora-explicit", T], by["difflora", T]
-        print(f"T={T}: DiffLoRA explicit / fused step memory {e['step_mb'] / f['step_mb']:.2f}, step time {e['ms'] / f['ms']:.2f}")
-for g in gen_rows:
-    print(f"{g['method']}: cached generation {g['speedup']:.1f}x faster than uncached")
+        model = build(method)
+        prompt = torch.randint(0, vocab_size, (1, gen_prompt), device=device)
+        with ctx:
+            cached, uncached = timed(generate_fn(model, prompt)), timed(generate_fn(model, prompt, use_cache=False))
+        gen_rows.append(dict(method=method, tokens=gen_tokens, cached_s=cached, uncached_s=uncached, speedup=uncached / cached))
+        print(f"{method:<18}{cached:>10.2f}{uncached:>12.2f}{uncached / cached:>8.1f}x", flush=True)
 if out:
     with open(out, "w") as f:
         json.dump(dict(device=name, dtype=dtype, compile=compile, torch=torch.__version__, settings=config,
-                       steps=rows, generation=gen_rows), f, indent=1)
+                       steps=rows, ratios=ratios, generation=gen_rows), f, indent=1)

@@ -58,9 +58,16 @@ What each variant computes at step 0 (before any update):
       starts learning.
 
 Two ways to compute it, with the same parameters. The fused path uses
-(A1 - lambda A2) V = A1 V - lambda (A2 V): one scaled_dot_product_attention call over the 2H
-stacked heads, no T x T matrix, so memory grows linearly in T. The explicit path
-materialises A1 and A2 (softmax in fp32) and can keep them for analysis (attention_maps).
+(A1 - lambda A2) V = A1 V - lambda (A2 V): two scaled_dot_product_attention calls, one per map,
+no T x T matrix, so memory grows linearly in T. The explicit path materialises A1 and A2
+(softmax in fp32) and can keep them for analysis (attention_maps); it too computes
+A1 V - lambda (A2 V), so backward keeps the two maps and no third one.
+
+What it costs. Over LoRA on Q, K at rank 2r (the same parameter count), the arithmetic adds one
+attention map per head. The adapters that read the same x (Q1, K1, Q2, K2 and V's) run as one
+batched computation (lora_deltas): two batched matmuls with the scales folded into B, and
+their dropout masks drawn together. Each adapter keeps its own mask, as in the paper, so four
+adapters draw twice the masks of LoRA's two: the one cost beyond the extra map.
 """
 
 import json
@@ -130,7 +137,8 @@ def lambda_init_schedule(depth):
 class LoRA(nn.Module):
     """delta(x) = s * B(A(dropout(x))), s = alpha / r. A (r, in) is kaiming-uniform, i.e.
     U(+-1/sqrt(in)); B (out, r) is zero, or kaiming U(+-1/sqrt(r)) with random_b (the
-    negative term). The weight delta in nn.Linear layout is s * B.weight @ A.weight (out, in)."""
+    negative term). The weight delta in nn.Linear layout is s * B.weight @ A.weight (out, in).
+    Adapters that read the same x run together through lora_deltas."""
 
     def __init__(self, in_features, out_features, r, alpha, dropout=0.0, random_b=False, like=None):
         super().__init__()
@@ -143,13 +151,43 @@ class LoRA(nn.Module):
         else:
             nn.init.zeros_(self.B.weight)
         self.scale = alpha / r
-        self.dropout = nn.Dropout(dropout)
+        self.p = dropout
 
     def forward(self, x):
-        return self.scale * self.B(self.A(self.dropout(x)))  # (..., in) -> (..., out)
+        return lora_deltas(x, [self]).squeeze(0)  # (..., in) -> (..., out)
 
     def delta_weight(self):
         return self.scale * self.B.weight @ self.A.weight  # (out, in)
+
+
+def dropout_keep(n, x, p):
+    """n independent dropout masks for x: (keep (n, *x.shape) bool, scale), where each element is
+    kept with probability 1 - p and then multiplied by scale = 1 / (1 - p). PyTorch's CPU
+    generator is sequential and spends 32 bits on every element, so bernoulli_ cost more than the
+    adapters' matmuls; here each 64-bit draw gives four elements 16 random bits each. p is
+    rounded to a multiple of 2^-16 (0.1 becomes 0.100006) and scale uses the rounded value, so a
+    kept-and-scaled element keeps its expected value exactly."""
+    numel = n * x.numel()
+    bits = torch.randint(-2**63, 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64, device=x.device)
+    drop = round(p * 2**16)  # the lowest `drop` of the 2^16 values of an int16 drop the element
+    keep = bits.view(torch.int16)[:numel] >= drop - 2**15
+    return keep.view(n, *x.shape), 2**16 / (2**16 - drop)
+
+
+def lora_deltas(x, loras):
+    """[s_i B_i(A_i(dropout_i(x)))] for adapters that all read x (B, T, in), stacked (n, B, T, out),
+    each with its own dropout mask (in training). Computed as two batched matmuls, with every
+    scale s_i folded into its small B_i, instead of 2n thin matmuls and n scale multiplies."""
+    n, p = len(loras), loras[0].p
+    A = torch.stack([lora.A.weight for lora in loras])  # (n, r, in)
+    B = torch.stack([lora.scale * lora.B.weight for lora in loras])  # (n, out, r)
+    x2 = x.reshape(-1, x.size(-1))  # (N, in), N = B*T
+    if p > 0 and loras[0].training:
+        keep, scale = dropout_keep(n, x2, p)
+        u = torch.bmm(torch.where(keep, x2 * scale, 0.0), A.transpose(1, 2))  # (n, N, r)
+    else:  # no dropout: one matmul against all the A's side by side
+        u = (x2 @ A.view(-1, A.size(-1)).t()).view(-1, n, A.size(1)).transpose(0, 1)  # (n, N, r)
+    return torch.bmm(u, B.transpose(1, 2)).view(n, *x.shape[:-1], B.size(1))  # (n, B, T, out)
 
 
 class LoRALinear(nn.Module):
@@ -165,14 +203,16 @@ class LoRALinear(nn.Module):
         self.merged = False
 
     def forward(self, x):
-        y = self.base(x)
+        y = self.base(x)  # (B, T, out)
         if self.merged:
             return y
         ys = list(y.chunk(len(self.parts), dim=-1))
-        for i, p in enumerate(self.parts):
-            if p in self.lora:
-                ys[i] = ys[i] + self.lora[p](x)
-        return torch.cat(ys, dim=-1)
+        for p, delta in zip(self.lora, lora_deltas(x, list(self.lora.values())).unbind(0)):  # (B, T, width) each
+            i = self.parts.index(p)
+            ys[i] = ys[i] + delta
+        # one cat: measured faster, forward and backward, than adding in place into slices of y
+        # (autograd then clones the whole gradient of y once per in-place add)
+        return torch.cat(ys, dim=-1) if len(ys) > 1 else ys[0]
 
     def fold(self, sign):
         """Add (sign=+1, merge) or subtract (-1, unmerge) every adapter's delta into the base weight."""
@@ -187,8 +227,38 @@ class LoRALinear(nn.Module):
 def causal_softmax(q, k):
     """The attention map softmax(q k^T / sqrt(d) + causal mask) in fp32, (B, H, Tq, Tk); the Tq
     query rows are the last Tq of the Tk positions (the earlier keys come from a KV cache)."""
-    mask = causal_mask(q.size(-2), k.size(-2), q.device)  # (Tq, Tk)
-    return (q @ k.transpose(-2, -1)).float().div(math.sqrt(q.size(-1))).masked_fill(~mask, float("-inf")).softmax(-1)
+    scores = (q @ k.transpose(-2, -1)).float().div(math.sqrt(q.size(-1)))  # (B, H, Tq, Tk)
+    if q.size(-2) > 1:  # one query row (a decode step) sees every key: no mask to build
+        scores = scores.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf"))
+    return scores.softmax(-1)
+
+
+def reparam_lambda(lq1, lk1, lq2, lk2, lambda_init):
+    """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init, a 0-dim tensor."""
+    return torch.exp(lq1 @ lk1) - torch.exp(lq2 @ lk2) + lambda_init
+
+
+def fused_differential_attention(q1, k1, q2, k2, v, lam, dropout_p=0.0):
+    """(A1 - lambda A2) V = A1 V - lambda (A2 V) for q (B, H, Tq, d), k and v (B, H, Tk, d): two
+    fused attention calls, one per map, and no T x T matrix. -> (B, H, Tq, d)"""
+    y1, y2 = causal_attention(q1, k1, v, dropout_p), causal_attention(q2, k2, v, dropout_p)  # A1 V, A2 V
+    return torch.addcmul(y1, y2, lam, value=-1)  # y1 - lam * y2 in one pass
+
+
+def explicit_differential_attention(q1, k1, q2, k2, v, lam, dropout_p=0.0):
+    """The same with both maps materialised, softmax in fp32: (y (B, H, Tq, d), A1, A2), the maps
+    (B, H, Tq, Tk) before dropout. Computed as A1 V - lambda (A2 V), not (A1 - lambda A2) V:
+    backward then keeps A1 and A2 only, not a third T x T map."""
+    a1, a2 = causal_softmax(q1, k1), causal_softmax(q2, k2)  # (B, H, Tq, Tk) each
+    d1, d2 = F.dropout(a1, dropout_p), F.dropout(a2, dropout_p)  # independent masks, as in the fused calls
+    v = v.float()
+    return torch.addcmul(d1 @ v, d2 @ v, lam, value=-1).to(q1.dtype), a1, a2
+
+
+def head_norm(y, gain, lambda_init, eps=1e-5):
+    """GroupNorm of differential attention: each head's output y (B, H, T, d) RMS-normalised over
+    d on its own (in fp32), times the shared gain (d,), times the constant (1 - lambda_init)."""
+    return (1 - lambda_init) * F.rms_norm(y.float(), (y.size(-1),), gain.float(), eps=eps).to(y.dtype)
 
 
 class DiffLoRAAttention(nn.Module):
@@ -231,45 +301,39 @@ class DiffLoRAAttention(nn.Module):
         """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init (a 0-dim tensor), or the fixed value."""
         if not self.learn_lambda:
             return self.lambda_fixed
-        return torch.exp(self.lambda_q1 @ self.lambda_k1) - torch.exp(self.lambda_q2 @ self.lambda_k2) + self.lambda_init
+        return reparam_lambda(self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2, self.lambda_init)
 
     def forward(self, x, cache=None):
         B, T, C = x.size()
         H, hd = self.n_head, C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each, pretrained (positive LoRA folded in when merged)
-        q1, k1 = q, k
-        if self.lora_q1 is not None and not self.merged:
-            q1, k1 = q + self.lora_q1(x), k + self.lora_k1(x)
-        q2, k2 = self.lora_q2(x), self.lora_k2(x)
+        positive = self.lora_q1 is not None and not self.merged
+        lora_v = self.lora_v is not None and not self.merged
+        adapters = [self.lora_q2, self.lora_k2] + [self.lora_q1, self.lora_k1] * positive + [self.lora_v] * lora_v
+        deltas = lora_deltas(x, adapters).unbind(0)  # n x (B, T, C): every adapter that reads x, in one go
+        q1, k1 = (q + deltas[2], k + deltas[3]) if positive else (q, k)  # positive term: pretrained + LoRA
+        q2, k2 = deltas[0], deltas[1]  # negative term: LoRA only
         if self.variant == "shared":
             q2, k2 = q + q2, k + k2
-        if self.lora_v is not None and not self.merged:
-            v = v + self.lora_v(x)
+        if lora_v:
+            v = v + deltas[-1]
         q1, k1, q2, k2, v = (t.view(B, T, H, hd).transpose(1, 2) for t in (q1, k1, q2, k2, v))  # (B, H, T, hd)
         k1, k2, v = cache_extend(cache, k1=k1, k2=k2, v=v)  # (B, H, Tk, hd)
         lam = self.lam()
         p = self.dropout if self.training else 0.0
-        if self.explicit:
-            y = self.explicit_attention(q1, k1, q2, k2, v, lam, p)
-        else:  # one fused call over the 2H stacked heads: [A1 V ; A2 V]
-            y = causal_attention(torch.cat([q1, q2], 1), torch.cat([k1, k2], 1), torch.cat([v, v], 1), p)  # (B, 2H, T, hd)
-            y1, y2 = y.chunk(2, dim=1)
-            y = y1 - lam * y2  # (B, H, T, hd)
-        if self.gn_gain is not None:  # each head normalised on its own, then the fixed (1 - lambda_init)
-            y = (1 - self.lambda_init) * F.rms_norm(y.float(), (hd,), self.gn_gain.float(), eps=1e-5).to(y.dtype)  # fp32 norm
+        if self.explicit:  # the maps materialised, to look at them
+            y, a1, a2 = explicit_differential_attention(q1, k1, q2, k2, v, lam, p)
+            if self.keep_maps:
+                self.maps = (a1.detach(), (lam * a2).detach())
+        else:
+            y = fused_differential_attention(q1, k1, q2, k2, v, lam, p)  # (B, H, T, hd)
+        if self.gn_gain is not None:
+            y = head_norm(y, self.gn_gain, self.lambda_init)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         out = self.c_proj(y)
         if self.lora_o is not None and not self.merged:
             out = out + self.lora_o(y)
         return self.resid_dropout(out)
-
-    def explicit_attention(self, q1, k1, q2, k2, v, lam, p):
-        """(A1 - lambda A2) V with both maps materialised, softmax in fp32."""
-        a1, a2 = causal_softmax(q1, k1), causal_softmax(q2, k2)  # (B, H, Tq, Tk) each
-        if self.keep_maps:
-            self.maps = (a1.detach(), (lam * a2).detach())
-        a1, a2 = F.dropout(a1, p), F.dropout(a2, p)  # independent masks, as in the stacked fused call
-        return ((a1 - lam * a2) @ v.float()).to(v.dtype)  # (B, H, Tq, hd)
 
     def fold(self, sign):
         """Merge (+1) the positive-term LoRA (and those on V and W_O) into the frozen weights, or

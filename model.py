@@ -42,6 +42,8 @@ def causal_attention(q, k, v, dropout_p=0.0):
     Tq, Tk = q.size(-2), k.size(-2)
     if Tq == Tk:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    if Tq == 1:  # one new token (a decode step) sees every key: no mask to build
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device), dropout_p=dropout_p)
 
 
@@ -171,12 +173,14 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab), loss None. With targets (B, T): the mean
+    def forward(self, idx, targets=None, cache=None, last=False):
+        """idx (B, T) token ids -> logits (B, T, vocab), loss None; with last, the last position's
+        logits only, (B, 1, vocab): the one generation samples from. With targets (B, T): the mean
         cross-entropy over the targets != -1, and the logits of those positions only, (N, vocab)
-        in row-major order: the vocabulary matmul is most of a small model's cost, and a loss on
-        answers alone (needle data) counts a few positions per example. With a KVCache, idx holds
-        only the new tokens."""
+        in row-major order. Either way the vocabulary matmul, most of a small model's cost and a
+        large part of a prompt's, runs only where its result is used (a loss on answers alone, as
+        in the needle data, counts a few positions per example). With a KVCache, idx holds only
+        the new tokens."""
         B, T = idx.size()
         pos0 = cache.pos if cache is not None else 0
         if pos0 + T > self.config.block_size:
@@ -189,7 +193,7 @@ class GPT(nn.Module):
             cache.pos += T
         x = self.transformer.ln_f(x)  # (B, T, C)
         if targets is None:
-            return self.lm_head(x), None  # (B, T, vocab)
+            return self.lm_head(x[:, -1:] if last else x), None  # (B, T or 1, vocab)
         keep = targets.view(-1) != -1  # (B*T,)
         logits = self.lm_head(x.view(-1, x.size(-1))[keep])  # (N, vocab)
         return logits, F.cross_entropy(logits.float(), targets.view(-1)[keep])
@@ -257,13 +261,13 @@ class GPT(nn.Module):
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
             if cache is not None and idx.size(1) <= block_size:
-                logits, _ = self(idx[:, -1:], cache=cache)  # the cache holds every earlier token
+                logits, _ = self(idx[:, -1:], cache=cache, last=True)  # the cache holds every earlier token
             else:
                 # (Re)encode the window: at the start, and every step once the sequence is longer
                 # than block_size, because GPT-2's absolute positions shift when the window slides,
                 # so every cached key is stale. This keeps the result identical to use_cache=False.
                 cache = KVCache(self.config.n_layer) if use_cache else None
-                logits, _ = self(idx[:, -block_size:], cache=cache)
+                logits, _ = self(idx[:, -block_size:], cache=cache, last=True)
             next_token = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p)  # (B, 1)
             if eos_token is not None:
                 next_token = torch.where(done[:, None], eos_token, next_token)

@@ -166,12 +166,21 @@ def test_eval_needle_joins_runs_into_mean_and_spread(trained_50k, tmp_path):
 
 def test_bench_prints_every_column():
     out = run(sys.executable, "bench.py", "--n_layer=2", "--n_head=2", "--n_embd=32", "--vocab_size=100",
-              "--seq_lens=16", "--methods=lora,difflora", "--steps=1", "--gen_tokens=4", "--gen_methods=difflora")
+              "--seq_lens=16", "--methods=lora,difflora", "--steps=1", "--gen_tokens=4", "--gen_methods=difflora",
+              "--ratio_shapes=1x16,2x8", "--pairs=3")
     assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
     header = "method T step ms tok/s MFU peak MB step MB".split()
-    assert [line.split() for line in out.stdout.splitlines() if line.startswith("method ")][0] == header
+    assert [line.split() for line in lines if line.startswith("method ")][0] == header
     for method in ("lora", "difflora", "difflora-explicit"):
-        row = next(line.split() for line in out.stdout.splitlines() if line.split()[:2] == [method, "16"])
+        row = next(line.split() for line in lines if line.split()[:2] == [method, "16"])
         assert len(row) == 7 and float(row[2]) > 0
-    assert "DiffLoRA / LoRA step time" in out.stdout and "explicit / fused" in out.stdout
-    assert "cached generation" in out.stdout
+    assert "explicit / fused step memory" in out.stdout
+    for shape in ("B=1 T=16", "B=2 T=8"):  # median (low-high over 3 pairs), and the FLOP ratio
+        line = next(line for line in lines if line.startswith("DiffLoRA / LoRA step, " + shape))
+        median, spread, floor = float(line.split()[-8]), line.split()[-7], float(line.split()[-1])
+        low, high = (float(v) for v in spread.strip("(").split("-"))
+        assert low <= median <= high and "over 3 pairs" in line and floor > 1
+    gen = next(line for line in lines if line.startswith("our cached generation"))  # transformers is installed here
+    assert "over 3 pairs" in gen and "same tokens as transformers: True" in out.stdout
+    assert any(line.split()[:1] == ["difflora"] and line.endswith("x") for line in lines)  # cached vs uncached

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from difflora import (DiffLoRAAttention, DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, attention_maps,
-                      lambda_init_schedule, load_adapter, merge, param_counts, param_report, save_adapter,
-                      set_attention_path, unmerge)
+from difflora import (LoRA, DiffLoRAAttention, DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, attention_maps,
+                      causal_softmax, dropout_keep, explicit_differential_attention, lambda_init_schedule, load_adapter, lora_deltas, merge, param_counts,
+                      param_report, save_adapter, set_attention_path, unmerge)
 from model import GPT, GPTConfig
 
 SPEC_LAMBDA_INIT = [0.200000, 0.355509, 0.470713, 0.556058, 0.619283, 0.666122,
@@ -409,3 +409,84 @@ def test_bf16_autocast_close_to_fp32(hf_tiny, explicit):
     assert abs(loss.item() - ref_loss.item()) < 0.02
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------- fused adapters, dropout, memory
+
+def test_lora_deltas_equal_each_adapter_on_its_own():
+    """The batched computation equals s B(A(x)) per adapter, values and gradients, without dropout."""
+    torch.manual_seed(0)
+    loras = [LoRA(32, 24, r, 2.0 * r, random_b=True) for r in (4, 4, 4)]
+    x = torch.randn(2, 5, 32, requires_grad=True)
+    fused = lora_deltas(x, loras)  # (3, 2, 5, 24)
+    naive = torch.stack([lo.scale * x @ lo.A.weight.T @ lo.B.weight.T for lo in loras])
+    torch.testing.assert_close(fused, naive, atol=1e-6, rtol=0)
+    g = torch.randn_like(naive)
+    grads = [torch.autograd.grad(out, [x] + [w for lo in loras for w in (lo.A.weight, lo.B.weight)], g)
+             for out in (fused, naive)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_lora_deltas_dropout_gives_each_adapter_its_own_mask():
+    """In training, adapter i sees x * mask_i * scale with the masks of dropout_keep: its value and
+    gradients equal that naive computation, and the masks differ between adapters."""
+    loras = [LoRA(32, 32, 4, 8.0, dropout=0.3, random_b=True) for _ in range(4)]
+    x = torch.randn(3, 7, 32, requires_grad=True)
+    torch.manual_seed(1)
+    fused = lora_deltas(x, loras)
+    torch.manual_seed(1)
+    keep, scale = dropout_keep(4, x.reshape(-1, 32), 0.3)
+    xs = keep.view(4, 3, 7, 32) * x * scale
+    naive = torch.stack([lo.scale * xi @ lo.A.weight.T @ lo.B.weight.T for lo, xi in zip(loras, xs)])
+    torch.testing.assert_close(fused, naive, atol=1e-6, rtol=0)
+    (gf,), (gn,) = torch.autograd.grad(fused.sum(), [x]), torch.autograd.grad(naive.sum(), [x])
+    torch.testing.assert_close(gf, gn, atol=1e-5, rtol=0)
+    assert not torch.equal(keep[0], keep[1])
+    loras[0].eval()  # eval: no dropout, the plain adapters
+    torch.testing.assert_close(lora_deltas(x, loras)[1], loras[1].scale * x @ loras[1].A.weight.T @ loras[1].B.weight.T,
+                               atol=1e-6, rtol=0)
+
+
+def test_dropout_keep_rate_scale_and_independence():
+    """Each element is kept with probability 1 - p (p rounded to 2^-16), masks are independent
+    of each other (two of them agree on both-kept in (1 - p)^2 of the places), and the scale
+    makes the expected multiplier exactly 1."""
+    torch.manual_seed(0)
+    x = torch.empty(1000, 500)
+    for p in (0.1, 0.5):
+        keep, scale = dropout_keep(2, x, p)
+        kept = 1 - round(p * 2**16) / 2**16
+        assert scale * kept == pytest.approx(1.0, abs=1e-12)
+        rate = keep.float().mean().item()
+        assert abs(rate - (1 - p)) < 0.003  # 1e6 draws: the standard error is ~0.0005
+        both = (keep[0] & keep[1]).float().mean().item()
+        assert abs(both - (1 - p) ** 2) < 0.003
+    keep, _ = dropout_keep(1, torch.empty(7), 0.0)
+    assert keep.all()
+
+
+def test_explicit_path_keeps_two_maps_for_backward(hf_tiny):
+    """A1 V - lambda (A2 V): gradients equal those of the three-map form ((A1 - lambda A2) V),
+    and backward keeps exactly two T x T maps per layer (A1 and A2), not a third."""
+    attn = layers(perturb(adapted(hf_tiny[0])).train())[1]
+    q1, k1, q2, k2, v = (torch.randn(2, 2, 12, 16, requires_grad=True) for _ in range(5))
+    lam = attn.lam()
+
+    def three_maps():
+        a1, a2 = causal_softmax(q1, k1), causal_softmax(q2, k2)
+        return (a1 - lam * a2) @ v
+
+    def maps_kept(f):
+        """The distinct float T x T maps that autograd saves while f runs (matmul saves them as (B*H, T, T))."""
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = f()
+        return out, len({t.untyped_storage().data_ptr() for t in saved if t.shape[-2:] == (12, 12) and t.is_floating_point()})
+
+    y, kept = maps_kept(lambda: explicit_differential_attention(q1, k1, q2, k2, v, lam, 0.0)[0])
+    assert kept == 2 and maps_kept(three_maps)[1] == 3
+    inputs = [q1, k1, q2, k2, v, attn.lambda_q1, attn.lambda_k2]
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, inputs, g, retain_graph=True), torch.autograd.grad(three_maps(), inputs, g)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

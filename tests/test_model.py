@@ -7,9 +7,10 @@ import sys
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from conftest import ROOT, make_hf_model
-from model import GPT, sample_next
+from model import GPT, causal_attention, causal_mask, sample_next
 
 ATOL = 1e-5
 
@@ -236,3 +237,20 @@ def test_error_no_network(tmp_path):
                    HF_HUB_ETAG_TIMEOUT="2", HF_HUB_DOWNLOAD_TIMEOUT="2")
     assert out.returncode != 0
     assert "could not load 'gpt2'" in out.stderr and "local directory" in out.stderr
+
+
+def test_last_position_logits(tiny_gpt):
+    """last=True runs the vocabulary matmul at the last position only, with the same values."""
+    idx = tokens()
+    full, _ = tiny_gpt(idx)
+    last, _ = tiny_gpt(idx, last=True)
+    assert last.shape == (2, 1, 101)
+    torch.testing.assert_close(last, full[:, -1:], atol=1e-6, rtol=0)
+
+
+def test_decode_step_without_mask_equals_masked():
+    """A single query row sees every key, so the mask-free call equals the masked one."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 1, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
+    masked = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(1, 7))
+    torch.testing.assert_close(causal_attention(q, k, v), masked, atol=1e-6, rtol=0)
