@@ -176,15 +176,15 @@ def dropout_keep(n, x, p):
 
 def lora_deltas(x, loras):
     """[s_i B_i(A_i(dropout_i(x)))] for adapters that all read x (B, T, in), stacked (n, B, T, out),
-    each with its own dropout mask (in training). Computed as two batched matmuls, with every
-    scale s_i folded into its small B_i, instead of 2n thin matmuls and n scale multiplies."""
+    each with its own dropout mask (in training). Computed as two batched matmuls, with the
+    scales folded into the small A_i and B_i, instead of 2n thin matmuls and 2n scale multiplies."""
     n, p = len(loras), loras[0].p
     A = torch.stack([lora.A.weight for lora in loras])  # (n, r, in)
     B = torch.stack([lora.scale * lora.B.weight for lora in loras])  # (n, out, r)
     x2 = x.reshape(-1, x.size(-1))  # (N, in), N = B*T
     if p > 0 and loras[0].training:
-        keep, scale = dropout_keep(n, x2, p)
-        u = torch.bmm(torch.where(keep, x2 * scale, 0.0), A.transpose(1, 2))  # (n, N, r)
+        keep, scale = dropout_keep(n, x2, p)  # the dropout's 1 / (1 - p) goes into the small A, not the (n, N, in) input
+        u = torch.bmm(torch.where(keep, x2, 0.0), scale * A.transpose(1, 2))  # (n, N, r)
     else:  # no dropout: one matmul against all the A's side by side
         u = (x2 @ A.view(-1, A.size(-1)).t()).view(-1, n, A.size(1)).transpose(0, 1)  # (n, N, r)
     return torch.bmm(u, B.transpose(1, 2)).view(n, *x.shape[:-1], B.size(1))  # (n, B, T, out)
