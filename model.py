@@ -261,7 +261,7 @@ class GPT(nn.Module):
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
             if cache is not None and idx.size(1) <= block_size:
-                logits, _ = self(idx[:, -1:], cache=cache, last=True)  # the cache holds every earlier token
+                logits, _ = self(idx[:, -1:], cache=cache)  # the cache holds every earlier token
             else:
                 # (Re)encode the window: at the start, and every step once the sequence is longer
                 # than block_size, because GPT-2's absolute positions shift when the window slides,
