@@ -73,9 +73,9 @@ METHODS = ("none", "lora", "difflora", "full")
 check(set(methods.split(",")) <= set(METHODS) or not methods, "methods", methods, "a comma-separated subset of " + ",".join(METHODS) + ", or empty")
 check(set(gen_methods.split(",")) <= {"none", "difflora"}, "gen_methods", gen_methods, "a comma-separated subset of none,difflora")
 check(all(t.isdigit() and int(t) >= 1 for t in seq_lens.split(",")), "seq_lens", seq_lens, "comma-separated lengths such as 256,1024")
-shapes = [tuple(int(v) for v in s.split("x")) for s in ratio_shapes.split(",")] if ratio_shapes else []
 check(all(s.count("x") == 1 and all(v.isdigit() and int(v) >= 1 for v in s.split("x")) for s in ratio_shapes.split(","))
       or not ratio_shapes, "ratio_shapes", ratio_shapes, "comma-separated BxT shapes such as 1x1024,4x256, or empty")
+shapes = [tuple(int(v) for v in s.split("x")) for s in ratio_shapes.split(",")] if ratio_shapes else []
 for key in ("n_layer", "n_head", "n_embd", "vocab_size", "batch_size", "rank", "steps", "pairs", "gen_tokens", "gen_prompt"):
     check(config[key] >= 1, key, config[key], "an integer >= 1")
 check(n_embd % n_head == 0, "n_embd", n_embd, f"a multiple of n_head={n_head}")

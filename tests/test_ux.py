@@ -118,6 +118,8 @@ BAD = [  # (script, arguments, what the one line must say)
     ("bench.py", ["--methods=lora,dora"], "setting 'methods' is 'lora,dora'"),
     ("bench.py", ["--seq_lens=0"], "setting 'seq_lens' is '0'"),
     ("bench.py", ["--n_embd=100"], "setting 'n_embd' is 100; allowed: a multiple of n_head=12"),
+    ("bench.py", ["--ratio_shapes=4x"], "setting 'ratio_shapes' is '4x'"),
+    ("bench.py", ["--dropout=1.0"], "setting 'dropout' is 1.0"),
     ("induction.py", ["--seq_lens=1"], "setting 'seq_lens' is '1'"),
     ("induction.py", ["--n_seq=0"], "setting 'n_seq' is 0"),
 ]
