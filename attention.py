@@ -7,6 +7,7 @@ token, on a marked span such as a needle, on the query line, on the rest), layer
     python attention.py --out_dir=out-needle-difflora                      # the built-in needle prompt
     python attention.py --out_dir=out-shakespeare-difflora --start=FILE:prompt.txt --needle="a phrase in it"
     python attention.py --init_from=gpt2                                    # a plain model: its maps only
+    python attention.py --init_from=smollm2 --layers=0,15,-1                # SmolLM2, offline
 """
 
 import os
@@ -14,13 +15,14 @@ import sys
 
 import torch
 
-from configurator import check, check_device, configure, read_text
+from configurator import check, check_device, configure, read_text, user_errors
 from difflora import attention_maps, attention_regions, load_trained, region_mass
-from model import GPT, gpt2_encoding
+from model import GPT
+from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = "out-shakespeare-difflora"
-init_from = "out_dir"  # 'out_dir': the checkpoint there; or a GPT-2 name/directory
+init_from = "out_dir"  # 'out_dir': the checkpoint there; or a base model (gpt2, smollm2, a folder, a .gguf file, a hub id)
 base = ""  # the base model to compare with ('' = the adapter's own base; none for a full fine-tune)
 start = ("The river was calm that morning. The secret code of falcon is 4821. People walked slowly along the "
          "old road. The secret code of maple is 7302. A few clouds drifted over the hills.\n"
@@ -46,24 +48,24 @@ start = read_text("start", start)
 out = out or os.path.join(out_dir if init_from == "out_dir" else "out-attention", "attention.png")
 if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
-try:
+with user_errors():
     model = load_trained(out_dir if init_from == "out_dir" else init_from, base).eval().to(device)
     base_name = base or (model.name_or_path if model.adapter is not None else "")
     base_model = GPT.from_pretrained(base_name).eval().to(device) if base_name else None
-except (OSError, ValueError) as e:
-    raise SystemExit(f"error: {e}")
+    enc = get_tokenizer(model.name_or_path)
 
-enc = gpt2_encoding()
-ids = enc.encode(start)
+text_ids = enc.encode(start)
+n_bos = int(enc.bos is not None)  # Llama 3 starts every text with its bos token, where much attention sinks
+ids = [enc.bos] * n_bos + text_ids
 if not 0 < len(ids) <= model.config.block_size:
     raise SystemExit(f"error: the prompt has {len(ids)} tokens; it must have 1 to {model.config.block_size}")
-_, offsets = enc.decode_with_offsets(ids)  # character offset where each token starts
+_, offsets = enc.decode_with_offsets(text_ids)  # character offset where each token of the text starts
 ends = offsets[1:] + [len(start)]
 
 
 def token_span(c0, c1):
     """Tokens overlapping the characters [c0, c1)."""
-    hit = [i for i, (a, b) in enumerate(zip(offsets, ends)) if a < c1 and b > c0]
+    hit = [i + n_bos for i, (a, b) in enumerate(zip(offsets, ends)) if a < c1 and b > c0]
     return (hit[0], hit[-1] + 1) if hit else None
 
 

@@ -18,6 +18,7 @@ import ast
 import difflib
 import re
 import sys
+from contextlib import contextmanager
 
 
 def _set(settings, key, value, where):
@@ -64,6 +65,17 @@ def choose(key, value, options):
 def check_device(device):
     """check() the device setting of any script."""
     check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
+
+
+@contextmanager
+def user_errors(suffix=""):
+    """Inside it, what a user's input can cause (a missing file or model, a corrupt checkpoint, a
+    missing optional package: OSError, ValueError, ImportError) stops the script with its message
+    on one line, plus suffix, and exit code 1: no traceback."""
+    try:
+        yield
+    except (OSError, ValueError, ImportError) as e:
+        raise SystemExit(f"error: {e}{suffix}") from None
 
 
 def read_text(key, value):

@@ -74,16 +74,19 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from model import GPT, cache_extend, causal_attention, causal_mask, save_atomically
+from model import GPT, apply_rope, cache_extend, causal_attention, causal_mask, repeat_kv, save_atomically
 
 VARIANTS = ("both", "negative", "shared")
-LORA_TARGETS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_out")
+# the linear maps of a block that the LoRA baseline can adapt, by family; "all" names every one
+GPT2_TARGETS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_out")  # q, k, v are thirds of the fused c_attn
+LLAMA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # gate and up are halves of the fused c_fc
+LORA_TARGETS = tuple(dict.fromkeys(GPT2_TARGETS + LLAMA_TARGETS + ("all",)))
 
 
 @dataclass
@@ -118,7 +121,7 @@ class LoRAConfig:
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
-    targets: tuple = LORA_TARGETS  # any of q, k, v (thirds of the fused c_attn), attn_out, mlp_in, mlp_out
+    targets: tuple = ("all",)  # GPT-2: q, k, v, attn_out, mlp_in, mlp_out; Llama: q, k, v, o, gate, up, down; or all
 
     def __post_init__(self):
         self.targets = tuple(self.targets)
@@ -174,6 +177,16 @@ def dropout_keep(n, x, p):
     return keep.view(n, *x.shape), 2**16 / (2**16 - drop)
 
 
+def adapter_deltas(x, loras):
+    """{adapter: its delta} for adapters that all read x: lora_deltas once per output width (with
+    grouped-query attention the K and V adapters are narrower than the Q ones)."""
+    out = {}
+    for width in dict.fromkeys(lora.B.out_features for lora in loras):
+        group = [lora for lora in loras if lora.B.out_features == width]
+        out.update(zip(group, lora_deltas(x, group).unbind(0)))
+    return out
+
+
 def lora_deltas(x, loras):
     """[s_i B_i(A_i(dropout_i(x)))] for adapters that all read x (B, T, in), stacked (n, B, T, out),
     each with its own dropout mask (in training). Computed as two batched matmuls, with the
@@ -191,43 +204,45 @@ def lora_deltas(x, loras):
 
 
 class LoRALinear(nn.Module):
-    """A frozen nn.Linear plus LoRA on some equal parts of its output. GPT-2's c_attn fuses
-    q, k, v into one (3C, C) matrix: parts ("q", "k", "v") let LoRA touch q and k only."""
+    """A frozen nn.Linear plus LoRA on some parts of its output, of the widths `sizes` (default:
+    equal). The fused c_attn holds q, k, v (k and v narrower with grouped-query attention) and a
+    SwiGLU c_fc holds gate, up: parts let LoRA touch some of them only."""
 
-    def __init__(self, base, parts, config):
+    def __init__(self, base, parts, config, sizes=None):
         super().__init__()
         self.base, self.parts = base, parts
-        width = base.out_features // len(parts)
-        self.lora = nn.ModuleDict({p: LoRA(base.in_features, width, config.r, config.alpha, config.dropout, like=base.weight)
-                                   for p in parts if p in config.targets})
+        self.sizes = list(sizes or [base.out_features // len(parts)] * len(parts))
+        self.lora = nn.ModuleDict({p: LoRA(base.in_features, n, config.r, config.alpha, config.dropout, like=base.weight)
+                                   for p, n in zip(parts, self.sizes) if p in config.targets})
         self.merged = False
 
     def forward(self, x):
         y = self.base(x)  # (B, T, out)
         if self.merged:
             return y
-        ys = list(y.chunk(len(self.parts), dim=-1))
-        for p, delta in zip(self.lora, lora_deltas(x, list(self.lora.values())).unbind(0)):  # (B, T, width) each
+        ys = list(y.split(self.sizes, dim=-1))
+        deltas = adapter_deltas(x, list(self.lora.values()))  # every adapter of this map in one go
+        for p, lora in self.lora.items():
             i = self.parts.index(p)
-            ys[i] = ys[i] + delta
+            ys[i] = ys[i] + deltas[lora]
         # one cat: measured faster, forward and backward, than adding in place into slices of y
         # (autograd then clones the whole gradient of y once per in-place add)
         return torch.cat(ys, dim=-1) if len(ys) > 1 else ys[0]
 
     def fold(self, sign):
         """Add (sign=+1, merge) or subtract (-1, unmerge) every adapter's delta into the base weight."""
-        width = self.base.out_features // len(self.parts)
         with torch.no_grad():
-            for i, p in enumerate(self.parts):
+            for p, rows in zip(self.parts, self.base.weight.split(self.sizes)):  # views into the weight
                 if p in self.lora:
-                    self.base.weight[i * width:(i + 1) * width] += sign * self.lora[p].delta_weight()
+                    rows += sign * self.lora[p].delta_weight()
         self.merged = sign > 0
 
 
 def causal_softmax(q, k):
     """The attention map softmax(q k^T / sqrt(d) + causal mask) in fp32, (B, H, Tq, Tk); the Tq
-    query rows are the last Tq of the Tk positions (the earlier keys come from a KV cache)."""
-    scores = (q @ k.transpose(-2, -1)).float().div(math.sqrt(q.size(-1)))  # (B, H, Tq, Tk)
+    query rows are the last Tq of the Tk positions (the earlier keys come from a KV cache); k
+    may have fewer heads (grouped-query attention)."""
+    scores = (q @ repeat_kv(k, q.size(1)).transpose(-2, -1)).float().div(math.sqrt(q.size(-1)))  # (B, H, Tq, Tk)
     if q.size(-2) > 1:  # one query row (a decode step) sees every key: no mask to build
         scores = scores.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf"))
     return scores.softmax(-1)
@@ -239,7 +254,7 @@ def reparam_lambda(lq1, lk1, lq2, lk2, lambda_init):
 
 
 def fused_differential_attention(q1, k1, q2, k2, v, lam, dropout_p=0.0):
-    """(A1 - lambda A2) V = A1 V - lambda (A2 V) for q (B, H, Tq, d), k and v (B, H, Tk, d): two
+    """(A1 - lambda A2) V = A1 V - lambda (A2 V) for q (B, H, Tq, d), k and v (B, Hkv, Tk, d): two
     fused attention calls, one per map, and no T x T matrix. -> (B, H, Tq, d)"""
     y1, y2 = causal_attention(q1, k1, v, dropout_p), causal_attention(q2, k2, v, dropout_p)  # A1 V, A2 V
     return torch.addcmul(y1, y2, lam, value=-1)  # y1 - lam * y2 in one pass
@@ -251,7 +266,7 @@ def explicit_differential_attention(q1, k1, q2, k2, v, lam, dropout_p=0.0):
     backward then keeps A1 and A2 only, not a third T x T map."""
     a1, a2 = causal_softmax(q1, k1), causal_softmax(q2, k2)  # (B, H, Tq, Tk) each
     d1, d2 = F.dropout(a1, dropout_p), F.dropout(a2, dropout_p)  # independent masks, as in the fused calls
-    v = v.float()
+    v = repeat_kv(v, q1.size(1)).float()
     return torch.addcmul(d1 @ v, d2 @ v, lam, value=-1).to(q1.dtype), a1, a2
 
 
@@ -263,26 +278,32 @@ def head_norm(y, gain, lambda_init, eps=1e-5):
 
 class DiffLoRAAttention(nn.Module):
     """Replaces a pretrained CausalSelfAttention (model.py) in place; shares its frozen c_attn
-    (W_Q, W_K, W_V fused) and c_proj (W_O). Same head count and head_dim."""
+    (W_Q, W_K, W_V fused) and c_proj (W_O). Same heads and head_dim. On a Llama-family layer,
+    RoPE rotates Q2, K2 exactly as Q1, K1 (the same angles at the same positions), and with
+    grouped-query attention K2 has the key/value heads, each serving its group of query heads
+    in both maps, as K1 does: the K adapters map r to n_kv_head * head_dim."""
     n_maps = 2
 
     def __init__(self, attn, depth, config):
         super().__init__()
         self.c_attn, self.c_proj, self.resid_dropout = attn.c_attn, attn.c_proj, attn.resid_dropout
-        self.n_head, self.dropout, self.variant = attn.n_head, attn.dropout, config.variant
-        C = self.c_attn.in_features
-        hd = C // self.n_head
-        lora = lambda random_b=False: LoRA(C, C, config.r, config.alpha, config.dropout, random_b, like=self.c_attn.weight)
+        self.n_head, self.n_kv_head, self.head_dim, self.sizes = attn.n_head, attn.n_kv_head, attn.head_dim, attn.sizes
+        self.dropout, self.variant = attn.dropout, config.variant
+        C, (Cq, Ckv, _) = self.c_attn.in_features, self.sizes
+        lora = lambda n_in, n_out, random_b=False: LoRA(n_in, n_out, config.r, config.alpha, config.dropout, random_b,
+                                                        like=self.c_attn.weight)
         kw = dict(device=self.c_attn.weight.device, dtype=self.c_attn.weight.dtype)
         positive = config.variant != "negative"  # positive term: pretrained + LoRA (B = 0)
-        self.lora_q1, self.lora_k1 = (lora(), lora()) if positive else (None, None)
+        self.lora_q1, self.lora_k1 = (lora(C, Cq), lora(C, Ckv)) if positive else (None, None)
         # negative term: LoRA only, so both A and B random (see the docstring); shared base: B = 0
-        self.lora_q2, self.lora_k2 = lora(config.variant != "shared"), lora(config.variant != "shared")
-        self.lora_v = lora() if config.lora_v else None
-        self.lora_o = lora() if config.lora_o else None
+        random_b = config.variant != "shared"
+        self.lora_q2, self.lora_k2 = lora(C, Cq, random_b), lora(C, Ckv, random_b)
+        self.lora_v = lora(C, Ckv) if config.lora_v else None
+        self.lora_o = lora(Cq, C) if config.lora_o else None  # reads the attention output
         self.lambda_init = 0.0 if config.init == "preserve" else (
             lambda_init_schedule(depth) if config.lambda_init is None else float(config.lambda_init))
         self.learn_lambda = config.learn_lambda
+        hd = self.head_dim
         if not config.learn_lambda:  # on the model's device like a weight, but not saved (the config holds it)
             self.register_buffer("lambda_fixed", torch.tensor(self.lambda_init, **kw), persistent=False)
         else:
@@ -303,22 +324,25 @@ class DiffLoRAAttention(nn.Module):
             return self.lambda_fixed
         return reparam_lambda(self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2, self.lambda_init)
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, rope=None):
         B, T, C = x.size()
-        H, hd = self.n_head, C // self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each, pretrained (positive LoRA folded in when merged)
+        H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.c_attn(x).split(self.sizes, dim=2)  # pretrained (positive LoRA folded in when merged)
         positive = self.lora_q1 is not None and not self.merged
         lora_v = self.lora_v is not None and not self.merged
         adapters = [self.lora_q2, self.lora_k2] + [self.lora_q1, self.lora_k1] * positive + [self.lora_v] * lora_v
-        deltas = lora_deltas(x, adapters).unbind(0)  # n x (B, T, C): every adapter that reads x, in one go
-        q1, k1 = (q + deltas[2], k + deltas[3]) if positive else (q, k)  # positive term: pretrained + LoRA
-        q2, k2 = deltas[0], deltas[1]  # negative term: LoRA only
+        d = adapter_deltas(x, adapters)  # every adapter that reads x, batched
+        q1, k1 = (q + d[self.lora_q1], k + d[self.lora_k1]) if positive else (q, k)  # positive term: pretrained + LoRA
+        q2, k2 = d[self.lora_q2], d[self.lora_k2]  # negative term: LoRA only
         if self.variant == "shared":
             q2, k2 = q + q2, k + k2
         if lora_v:
-            v = v + deltas[-1]
-        q1, k1, q2, k2, v = (t.view(B, T, H, hd).transpose(1, 2) for t in (q1, k1, q2, k2, v))  # (B, H, T, hd)
-        k1, k2, v = cache_extend(cache, k1=k1, k2=k2, v=v)  # (B, H, Tk, hd)
+            v = v + d[self.lora_v]
+        q1, q2 = (t.view(B, T, H, hd).transpose(1, 2) for t in (q1, q2))  # (B, H, T, hd)
+        k1, k2, v = (t.view(B, T, Hkv, hd).transpose(1, 2) for t in (k1, k2, v))  # (B, Hkv, T, hd)
+        if rope is not None:  # both maps see positions alike
+            q1, k1, q2, k2 = (apply_rope(t, *rope) for t in (q1, k1, q2, k2))
+        k1, k2, v = cache_extend(cache, k1=k1, k2=k2, v=v)  # (B, Hkv, Tk, hd)
         lam = self.lam()
         p = self.dropout if self.training else 0.0
         if self.explicit:  # the maps materialised, to look at them
@@ -329,7 +353,7 @@ class DiffLoRAAttention(nn.Module):
             y = fused_differential_attention(q1, k1, q2, k2, v, lam, p)  # (B, H, T, hd)
         if self.gn_gain is not None:
             y = head_norm(y, self.gn_gain, self.lambda_init)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, H * hd)
         out = self.c_proj(y)
         if self.lora_o is not None and not self.merged:
             out = out + self.lora_o(y)
@@ -341,11 +365,10 @@ class DiffLoRAAttention(nn.Module):
         if self.variant == "shared":
             raise ValueError("the shared-base variant cannot be merged: its negative term reads the same W_Q, W_K, "
                              "so folding the positive LoRA into them would change the negative term too")
-        C = self.c_attn.in_features
         with torch.no_grad():
-            for i, lora in enumerate((self.lora_q1, self.lora_k1, self.lora_v)):
+            for rows, lora in zip(self.c_attn.weight.split(self.sizes), (self.lora_q1, self.lora_k1, self.lora_v)):
                 if lora is not None:
-                    self.c_attn.weight[i * C:(i + 1) * C] += sign * lora.delta_weight()
+                    rows += sign * lora.delta_weight()
             if self.lora_o is not None:
                 self.c_proj.weight += sign * self.lora_o.delta_weight()
         self.merged = sign > 0
@@ -370,19 +393,28 @@ def apply_difflora(model, config):
 
 
 def apply_lora(model, config):
-    """Put LoRA on the chosen linear maps of every block, in place; freeze all but the adapters."""
+    """Put LoRA on the chosen linear maps of every block, in place; freeze all but the adapters.
+    The maps' names are the family's: GPT-2's q, k, v, attn_out, mlp_in, mlp_out, Llama's q, k,
+    v, o, gate, up, down ("all": every one)."""
     _check_unadapted(model)
+    llama = model.config.mlp == "swiglu"
+    names = LLAMA_TARGETS if llama else GPT2_TARGETS
+    t = set(names) if "all" in config.targets else set(config.targets)
+    if not t <= set(names):
+        raise ValueError(f"LoRA targets {sorted(t - set(names))} are not maps of this {'Llama' if llama else 'GPT-2'} model; "
+                         f"its maps are {', '.join(names)} (or all)")
     model.requires_grad_(False)
-    t = set(config.targets)
+    out, mlp_in, mlp_out = (("o",), ("gate", "up"), ("down",)) if llama else (("attn_out",), ("mlp_in",), ("mlp_out",))
+    lora = lambda linear, parts, sizes=None: LoRALinear(linear, parts, replace(config, targets=tuple(t)), sizes)
     for block in model.transformer.h:
         if t & {"q", "k", "v"}:
-            block.attn.c_attn = LoRALinear(block.attn.c_attn, ("q", "k", "v"), config)
-        if "attn_out" in t:
-            block.attn.c_proj = LoRALinear(block.attn.c_proj, ("attn_out",), config)
-        if "mlp_in" in t:
-            block.mlp.c_fc = LoRALinear(block.mlp.c_fc, ("mlp_in",), config)
-        if "mlp_out" in t:
-            block.mlp.c_proj = LoRALinear(block.mlp.c_proj, ("mlp_out",), config)
+            block.attn.c_attn = lora(block.attn.c_attn, ("q", "k", "v"), block.attn.sizes)
+        if t & set(out):
+            block.attn.c_proj = lora(block.attn.c_proj, out)
+        if t & set(mlp_in):
+            block.mlp.c_fc = lora(block.mlp.c_fc, mlp_in)
+        if t & set(mlp_out):
+            block.mlp.c_proj = lora(block.mlp.c_proj, mlp_out)
     model.adapter = ("lora", config)
     return model
 
@@ -447,18 +479,24 @@ def set_attention_path(model, explicit):
 def attention_maps(model, idx):
     """Run idx (B, T) and return, per layer, (A1, lambda*A2, lambda) with the maps (B, H, T, T) in
     fp32: DiffLoRA layers through the explicit path (the differential map is A1 - lambda*A2);
-    plain GPT-2 layers (base or LoRA) give (A, None, 0.0), recomputed from their q and k."""
+    plain layers (base or LoRA) give (A, None, 0.0), recomputed from their q and k (rotated by
+    RoPE on a Llama-family model)."""
     plain, hooks = {}, []
     layers = [block.attn for block in model.transformer.h]
     for i, attn in enumerate(layers):
         if isinstance(attn, DiffLoRAAttention):
             attn.explicit = attn.keep_maps = True
         else:
-            def hook(module, inputs, qkv, i=i, H=attn.n_head):
-                B, T, C = qkv.size(0), qkv.size(1), qkv.size(2) // 3
-                q, k, _ = (t.view(B, T, H, C // H).transpose(1, 2) for t in qkv.split(C, dim=2))
+            def hook(m, args, output, i=i):  # args: the layer's (x, cache, rope)
+                x, rope = args[0], args[2]
+                B, T, _ = x.size()
+                q, k, _ = m.c_attn(x).split(m.sizes, dim=2)
+                q = q.view(B, T, m.n_head, m.head_dim).transpose(1, 2)  # (B, H, T, hd)
+                k = k.view(B, T, m.n_kv_head, m.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+                if rope is not None:
+                    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
                 plain[i] = causal_softmax(q, k)
-            hooks.append(attn.c_attn.register_forward_hook(hook))
+            hooks.append(attn.register_forward_hook(hook))
     try:
         model(idx)
         return [(a.maps[0], a.maps[1], a.lam().item()) if isinstance(a, DiffLoRAAttention) else (plain[i], None, 0.0)

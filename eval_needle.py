@@ -6,8 +6,10 @@ noise" allocation: mass on the needle vs on the rest of the context), for each m
     python eval_needle.py --models=gpt2,out-needle-lora,out-needle-difflora
     python eval_needle.py --models=gpt2 --lengths=256,512 --examples=20 --out=needle_base.png
     python eval_needle.py --models=out-pretrain,out-lora-s1+out-lora-s2    # '+' joins the seeds of one method
+    python eval_needle.py --models=smollm2 --lengths=256,1024 --needles=4  # SmolLM2, offline
 
-A model is a train.py out_dir (adapter or full fine-tune) or a GPT-2 name/directory. Runs
+A model is a train.py out_dir (adapter or full fine-tune) or a base model (gpt2, smollm2, a
+folder, a .gguf file, a hub id); each is evaluated with its own tokenizer. Runs
 joined with '+' are one entry: each cell is their mean, and the spread (lowest and highest
 run) is shown beside each row. The map of a DiffLoRA layer is the differential one,
 A1 - lambda A2; masses are averaged over layers and heads. Output: a table per entry (printed
@@ -21,9 +23,10 @@ import sys
 
 import torch
 
-from configurator import check, check_device, configure
+from configurator import check, check_device, configure, user_errors
 from difflora import attention_maps, attention_regions, load_trained, read_adapter, region_mass
-from model import gpt2_encoding, is_hub_id
+from model import ALIASES, checkpoint_path, is_hub_id, open_gguf
+from tokenizer import get_tokenizer
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "needle"))
 from needle import make_example  # noqa: E402
@@ -64,6 +67,10 @@ entries = models.split(",")
 def context_of(name):
     """The context length of a model, read from its files without loading it (None for a hub id);
     stops with one line if the model cannot be there."""
+    if name in ALIASES or (name.endswith(".gguf") and os.path.isfile(name)):
+        with user_errors():
+            reader = open_gguf(checkpoint_path(name))  # the same reader loads the model later
+        return int(reader.fields["llama.context_length"].contents())
     if not os.path.isdir(name):
         if is_hub_id(name):
             return None  # a hub id: from_pretrained fetches it (or says why it cannot)
@@ -74,7 +81,8 @@ def context_of(name):
     if not os.path.exists(os.path.join(name, "config.json")):
         raise SystemExit(f"error: models: {name!r} holds no checkpoint (adapter.safetensors or config.json)")
     with open(os.path.join(name, "config.json")) as f:
-        return json.load(f).get("n_positions")
+        hf = json.load(f)
+    return hf.get("n_positions", hf.get("max_position_embeddings"))
 
 
 # every model is checked before any is evaluated: a typo in the last one costs no time
@@ -82,7 +90,6 @@ for name in (n for entry in entries for n in entry.split("+")):
     ctx = context_of(name)
     if ctx is not None and max(length_list) > ctx:
         raise SystemExit(f"error: lengths: {max(length_list)} is longer than {name}'s context of {ctx}")
-enc = gpt2_encoding()
 
 
 def mean(xs):
@@ -122,10 +129,9 @@ results = {entry: [] for entry in entries}  # entry -> per run: ({(length, depth
 for entry in entries:
     for name in entry.split("+"):
         print(f"evaluating {name}", flush=True)
-        try:
+        with user_errors(f" (finished results are in {table})"):
             model = load_trained(name).eval().to(device)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"error: {e} (finished results are in {table})")
+            enc = get_tokenizer(model.name_or_path)
         acc, mass = {}, {r: [] for r in REGIONS}
         results[entry].append((acc, mass))
         for L in length_list:

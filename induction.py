@@ -7,9 +7,10 @@ needle from a long context needs exactly this.
 
     python induction.py --model=out-pretrain
     python induction.py --model=gpt2 --seq_lens=16,48,100 --out=induction.txt
+    python induction.py --model=smollm2 --dataset=all
 
-Tokens are drawn uniformly from the distinct tokens of data/<dataset>/train.bin (the tokens of
-a text the model has read), or with --dataset=all from GPT-2's whole vocabulary. The first
+Tokens are drawn uniformly from the distinct tokens of the dataset's train.bin (the tokens of
+a text the model has read), or with --dataset=all from the model's whole vocabulary. The first
 token of each S is left out of both halves: it cannot be predicted in either.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from configurator import check, check_device, configure
+from configurator import check, check_device, configure, user_errors
 
 
 @torch.no_grad()
@@ -41,9 +42,10 @@ def copy_losses(model, alphabet, seq_len, n_seq=64, seed=0):
 
 if __name__ == "__main__":
     from difflora import load_trained
+    from tokenizer import dataset_dir, get_tokenizer, read_meta
     # -------------------------------------------------------------------------
-    model = "out-pretrain"  # a train.py out_dir or a GPT-2 name/directory
-    dataset = "shakespeare"  # the tokens of data/<dataset>/train.bin (or a folder path); 'all': every GPT-2 token
+    model = "out-pretrain"  # a train.py out_dir or a base model (gpt2, smollm2, a folder, a .gguf file, a hub id)
+    dataset = "shakespeare"  # the tokens of this dataset's train.bin for the model's tokenizer (or a folder); 'all': every token
     seq_lens = "16,32,48,100"  # lengths of the repeated run S (2 x length must fit the context)
     n_seq = 64  # runs per length
     seed = 1234  # the copy documents of data/shakespeare_copy use other random runs
@@ -59,19 +61,19 @@ if __name__ == "__main__":
     check(n_seq >= 1, "n_seq", n_seq, "an integer >= 1")
     check_device(device)
     lens = [int(n) for n in seq_lens.split(",")]
-    path = next((p for p in (os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset, "train.bin"),
-                             os.path.join(dataset, "train.bin")) if os.path.exists(p)), None)
-    if dataset == "all":
-        alphabet = torch.arange(50256)  # all but <|endoftext|>
-    elif path:
-        alphabet = torch.from_numpy(np.unique(np.fromfile(path, dtype=np.uint16)).astype(np.int64))
-    else:
-        raise SystemExit(f"error: no train.bin for dataset {dataset!r}: run python data/{dataset}/prepare.py first, "
-                         f"or pass --dataset=all")
-    try:
+    with user_errors():
         net = load_trained(model).eval().to(device)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
+        enc = get_tokenizer(net.name_or_path)
+        data_dir = dataset_dir(dataset, net.name_or_path)[0] if dataset != "all" else None
+    if dataset == "all":  # every token but the special ones
+        specials = {enc.encode_single_token(t) for t in enc.special_tokens_set}
+        alphabet = torch.tensor([i for i in range(enc.vocab_size) if i not in specials])
+    elif os.path.exists(os.path.join(data_dir, "train.bin")):
+        tokens = np.fromfile(os.path.join(data_dir, "train.bin"), dtype=read_meta(data_dir).get("dtype", "uint16"))
+        alphabet = torch.from_numpy(np.unique(tokens).astype(np.int64))
+    else:
+        raise SystemExit(f"error: no train.bin in {data_dir} for dataset {dataset!r}: prepare it first (python "
+                         f"data/{dataset}/prepare.py --tokenizer=BASE), or pass --dataset=all")
     if 2 * max(lens) > net.config.block_size:
         raise SystemExit(f"error: seq_lens up to {max(lens)} need a context of {2 * max(lens)}; {model} has {net.config.block_size}")
     lines = [f"# python induction.py {' '.join(sys.argv[1:])}",

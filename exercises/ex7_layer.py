@@ -21,8 +21,8 @@ class DiffAttention(DiffLoRAAttention):
     learned), self.gn_gain (None without GroupNorm), and the flags self.variant, self.merged,
     self.explicit, self.keep_maps."""
 
-    def forward(self, x, cache=None):
-        """x (B, T, C) -> (B, T, C). In order:
+    def forward(self, x, cache=None, rope=None):
+        """x (B, T, C) -> (B, T, C) on a GPT-2 layer (rope, Llama's position rotation, stays None). In order:
         1. q, k, v from c_attn; Q1 = q + LoRA_q1(x), K1 likewise (unless merged: then the LoRA is
            already inside c_attn, or the variant has no positive LoRA); Q2 = LoRA_q2(x), K2 likewise,
            plus q and k in the "shared" variant; V gets lora_v when there is one (and not merged).

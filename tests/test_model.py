@@ -176,8 +176,11 @@ def test_parameter_count_matches_transformers(hf_tiny, tiny_gpt):
 # ----------------------------------------------------------------------------- errors a user can hit
 
 def test_error_other_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 64}))
+    with pytest.raises(ValueError, match="only GPT-2 and Llama-architecture checkpoints.*'bert'"):
+        GPT.from_pretrained(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
-    with pytest.raises(ValueError, match="only GPT-2-architecture checkpoints.*'llama'"):
+    with pytest.raises(ValueError, match="config.json of a llama model lacks num_hidden_layers"):
         GPT.from_pretrained(str(tmp_path))
 
 

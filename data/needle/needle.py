@@ -1,8 +1,9 @@
 """
 Synthetic needle-in-a-haystack retrieval, in the spirit of the Differential Transformer's
-multi-needle test, generated locally (no download). An example is exactly n_tokens GPT-2
-tokens: bland filler sentences with n_needles hidden "The secret code of KEY is VALUE."
-sentences, a question about the first needle's key, and the answer (its value):
+multi-needle test, generated locally (no download). An example is exactly n_tokens tokens of
+the tokenizer given (its bos token first, if it has one): bland filler sentences with n_needles
+hidden "The secret code of KEY is VALUE." sentences, a question about the first needle's key,
+and the answer (its value):
 
     ... The river was calm that morning. The secret code of falcon is 4821. People walked ...
     Question: what is the secret code of falcon?
@@ -48,7 +49,8 @@ def make_example(enc, seed, n_tokens, n_needles=1, depth=0.5):
     needles = [enc.encode_ordinary(f" The secret code of {k} is {v}.") for k, v in zip(keys, values)]
     question = enc.encode_ordinary(f"\nQuestion: what is the secret code of {keys[0]}?\nAnswer: The secret code of {keys[0]} is")
     answer = enc.encode_ordinary(f" {values[0]}")
-    n_filler = n_tokens - len(question) - len(answer) - sum(len(n) for n in needles)
+    bos = [enc.bos] if getattr(enc, "bos", None) is not None else []  # Llama 3 starts every text with one
+    n_filler = n_tokens - len(bos) - len(question) - len(answer) - sum(len(n) for n in needles)
     if n_filler < 1:
         raise ValueError(f"{n_tokens} tokens cannot hold {n_needles} needles, the question and the answer")
     sentences, total = [], 0
@@ -63,7 +65,7 @@ def make_example(enc, seed, n_tokens, n_needles=1, depth=0.5):
     slots = [0] + [e for e in ends if e > 0]  # filler positions between sentences, 0 .. n_filler
     asked = min(slots, key=lambda p: abs(p - depth * n_filler))
     places = [asked] + [rng.choice(slots) for _ in needles[1:]]
-    tokens, needle, start = [], None, 0
+    tokens, needle, start = list(bos), None, 0
     for place, i in sorted(zip(places, range(len(needles)))):  # the asked needle goes first among equals
         tokens += filler[start:place]
         if i == 0:

@@ -3,13 +3,15 @@ Needle-retrieval training data for train.py: fixed-length examples (see needle.p
 loss mask that counts only the answer tokens, so fine-tuning learns to retrieve, not to
 model filler text.
 
-    python data/needle/prepare.py                                   # 256-token examples, 3 needles
+    python data/needle/prepare.py                                   # 256-token examples, 3 needles, GPT-2 tokens
+    python data/needle/prepare.py --tokenizer=smollm2               # SmolLM2's tokens (from its GGUF, no download)
     python train.py --dataset=needle --block_size=255 ...           # block_size = tokens - 1
-    python data/needle/prepare.py --tokens=512 --needles=6 --n_train=4000
+    python data/needle/prepare.py --tokens=512 --needles=6 --n_train=4000 --out_dir=data/needle-512
 
 Writes train.bin / val.bin (uint16 tokens), train_mask.bin / val_mask.bin (uint8: 1 where a
 target counts) and meta.json (example_tokens tells train.py to start windows at example
-boundaries). Each example draws its depth uniformly; validation examples use other seeds.
+boundaries) into a folder here named after the tokenizer, as train.py expects. Each example
+draws its depth uniformly; validation examples use other seeds.
 """
 
 import argparse
@@ -24,8 +26,8 @@ from needle import make_example
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root
-from configurator import ArgumentParser  # noqa: E402
-from model import gpt2_encoding  # noqa: E402
+from configurator import ArgumentParser, user_errors  # noqa: E402
+from tokenizer import get_tokenizer, token_meta  # noqa: E402
 
 parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--tokens", type=int, default=256, help="tokens per example (train with block_size = tokens - 1)")
@@ -33,17 +35,22 @@ parser.add_argument("--needles", type=int, default=3, help="needles per example 
 parser.add_argument("--n_train", type=int, default=2000)
 parser.add_argument("--n_val", type=int, default=200)
 parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--out_dir", default=HERE)
+parser.add_argument("--tokenizer", default="gpt2", help="the base model whose tokenizer to use (gpt2, smollm2, a folder, "
+                                                        "a .gguf file, a hub id)")
+parser.add_argument("--out_dir", help="where the files go (default: a folder here named after the tokenizer)")
 args = parser.parse_args()
 
 if args.n_train < 1 or args.n_val < 1:
     parser.error(f"--n_train and --n_val must be at least 1, got {args.n_train} and {args.n_val}")
-enc = gpt2_encoding()
+with user_errors():
+    enc = get_tokenizer(args.tokenizer)
 try:  # the checks of make_example (needles 1..30, tokens enough to hold them), before writing anything
     make_example(enc, 0, args.tokens, args.needles)
 except ValueError as e:
     parser.error(str(e))
-os.makedirs(args.out_dir, exist_ok=True)
+out_dir = args.out_dir or os.path.join(HERE, enc.name)
+meta = token_meta(enc, args.tokenizer)
+os.makedirs(out_dir, exist_ok=True)
 rng = random.Random(args.seed)
 for split, n, offset in (("train", args.n_train, 0), ("val", args.n_val, 10_000_000)):
     tokens, mask = [], []
@@ -51,10 +58,9 @@ for split, n, offset in (("train", args.n_train, 0), ("val", args.n_val, 10_000_
         ex = make_example(enc, args.seed * 100_000_000 + offset + i, args.tokens, args.needles, depth=rng.random())
         tokens += ex["tokens"]
         mask += [0] * ex["answer_start"] + [1] * (args.tokens - ex["answer_start"])
-    np.array(tokens, dtype=np.uint16).tofile(os.path.join(args.out_dir, f"{split}.bin"))
-    np.array(mask, dtype=np.uint8).tofile(os.path.join(args.out_dir, f"{split}_mask.bin"))
-meta = dict(encoding="gpt2", vocab_size=enc.n_vocab, dtype="uint16", example_tokens=args.tokens,
-            needles=args.needles, n_train=args.n_train, n_val=args.n_val, seed=args.seed)
-with open(os.path.join(args.out_dir, "meta.json"), "w") as f:
+    np.array(tokens, dtype=meta["dtype"]).tofile(os.path.join(out_dir, f"{split}.bin"))
+    np.array(mask, dtype=np.uint8).tofile(os.path.join(out_dir, f"{split}_mask.bin"))
+meta.update(example_tokens=args.tokens, needles=args.needles, n_train=args.n_train, n_val=args.n_val, seed=args.seed)
+with open(os.path.join(out_dir, "meta.json"), "w") as f:
     json.dump(meta, f, indent=2)
-print(f"{args.n_train} train and {args.n_val} val examples of {args.tokens} tokens, {args.needles} needles, in {args.out_dir}")
+print(f"{args.n_train} train and {args.n_val} val examples of {args.tokens} tokens, {args.needles} needles, in {out_dir}")

@@ -1,9 +1,14 @@
 """
-Tiny-shakespeare tokenized with GPT-2's BPE (tiktoken) into train.bin / val.bin (uint16),
-split 90/10 by characters as nanoGPT does: 301,966 train and 36,059 val tokens.
+Tiny-shakespeare tokenized for a base model into train.bin / val.bin, split 90/10 by characters
+as nanoGPT does: with GPT-2's BPE, 301,966 train and 36,059 val tokens.
 
-    python data/shakespeare/prepare.py                      # uses input.txt here, else downloads it
-    python data/shakespeare/prepare.py --input PATH         # a local copy of input.txt
+    python data/shakespeare/prepare.py                         # GPT-2's tokens: data/shakespeare/gpt2/
+    python data/shakespeare/prepare.py --tokenizer=smollm2     # SmolLM2's (from its GGUF, no download)
+    python data/shakespeare/prepare.py --input PATH            # offline: a local copy of input.txt
+
+input.txt is read from this folder, else downloaded into it. The tokens go into a folder per
+tokenizer (meta.json records which one), as train.py expects. A run that finds the tokens there
+already (made from the same input.txt, or from an --input no longer given) changes nothing.
 """
 
 import argparse
@@ -18,18 +23,29 @@ import numpy as np
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root
-from configurator import ArgumentParser  # noqa: E402
-from model import gpt2_encoding  # noqa: E402
+from configurator import ArgumentParser, user_errors  # noqa: E402
+from tokenizer import get_tokenizer, read_meta, token_meta  # noqa: E402
 
 parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--input", help="path of a local input.txt (tiny-shakespeare, 1,115,394 characters)")
-parser.add_argument("--out_dir", default=HERE, help="where train.bin, val.bin and meta.json go (default: this folder)")
+parser.add_argument("--tokenizer", default="gpt2", help="the base model whose tokenizer to use (gpt2, smollm2, a folder, "
+                                                        "a .gguf file, a hub id)")
+parser.add_argument("--out_dir", help="where train.bin, val.bin and meta.json go (default: a folder here named after "
+                                      "the tokenizer)")
 args = parser.parse_args()
 
-source = args.input or os.path.join(args.out_dir, "input.txt")
+if args.input and not os.path.exists(args.input):
+    raise SystemExit(f"error: --input {args.input} does not exist")
+with user_errors():
+    enc = get_tokenizer(args.tokenizer)
+out_dir = args.out_dir or os.path.join(HERE, enc.name)
+source = args.input or os.path.join(args.out_dir or HERE, "input.txt")  # one input.txt here serves every tokenizer
+old = read_meta(out_dir)
+prepared = old.get("tokenizer") == enc.name and all(os.path.exists(os.path.join(out_dir, f"{s}.bin")) for s in ("train", "val"))
 if not os.path.exists(source):
-    if args.input:
-        raise SystemExit(f"error: --input {args.input} does not exist")
+    if prepared:  # the tokens are here: nothing to fetch
+        print(f"{out_dir} already holds tiny-shakespeare in {enc.name} tokens; nothing to do")
+        sys.exit(0)
     print(f"downloading {URL}")
     try:
         with urllib.request.urlopen(URL, timeout=30) as r:
@@ -37,25 +53,28 @@ if not os.path.exists(source):
     except OSError as e:
         raise SystemExit(f"error: could not download tiny-shakespeare from {URL} ({e}). "
                          f"Download input.txt elsewhere and run: python {__file__} --input PATH")
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(source, "wb") as f:
+    os.makedirs(os.path.dirname(source), exist_ok=True)
+    with open(source + ".tmp", "wb") as f:
         f.write(data)
+    os.replace(source + ".tmp", source)
 with open(source, "rb") as f:
     raw = f.read()
+if prepared and old.get("source_sha256") == hashlib.sha256(raw).hexdigest():
+    print(f"{out_dir} already holds this input.txt in {enc.name} tokens; nothing to do")
+    sys.exit(0)
 text = raw.decode("utf-8")
 n = len(text)
 train_text, val_text = text[: int(n * 0.9)], text[int(n * 0.9):]
 
-enc = gpt2_encoding()
-os.makedirs(args.out_dir, exist_ok=True)
+meta = token_meta(enc, args.tokenizer)
+os.makedirs(out_dir, exist_ok=True)
 counts = {}
 for split, part in (("train", train_text), ("val", val_text)):
-    ids = np.array(enc.encode_ordinary(part), dtype=np.uint16)  # GPT-2's 50,257 ids fit in uint16
-    ids.tofile(os.path.join(args.out_dir, f"{split}.bin"))
+    ids = np.array(enc.encode_ordinary(part), dtype=meta["dtype"])
+    ids.tofile(os.path.join(out_dir, f"{split}.bin"))
     counts[split] = len(ids)
-meta = dict(encoding="gpt2", vocab_size=enc.n_vocab, dtype="uint16", characters=n,
-            train_tokens=counts["train"], val_tokens=counts["val"],
+meta.update(characters=n, train_tokens=counts["train"], val_tokens=counts["val"],
             source=os.path.abspath(source), source_sha256=hashlib.sha256(raw).hexdigest())
-with open(os.path.join(args.out_dir, "meta.json"), "w") as f:
+with open(os.path.join(out_dir, "meta.json"), "w") as f:
     json.dump(meta, f, indent=2)
-print(f"{n:,} characters -> train {counts['train']:,} tokens, val {counts['val']:,} tokens in {args.out_dir}")
+print(f"{n:,} characters -> train {counts['train']:,} tokens, val {counts['val']:,} tokens in {out_dir}")

@@ -32,9 +32,9 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root
-from configurator import ArgumentParser  # noqa: E402
-from model import gpt2_encoding  # noqa: E402
-SOURCE = os.path.join(os.path.dirname(HERE), "shakespeare")
+from configurator import ArgumentParser, user_errors  # noqa: E402
+from tokenizer import get_tokenizer, token_meta  # noqa: E402
+SOURCE = os.path.join(os.path.dirname(HERE), "shakespeare", "gpt2")
 EOT = 50256
 VOCAB = 50257
 
@@ -46,7 +46,8 @@ parser.add_argument("--top", type=int, default=2000,
                     help="copy documents draw from this many most frequent text tokens, and numbers (50257: every token)")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--source", default=SOURCE, help="folder with shakespeare's train.bin and val.bin")
-parser.add_argument("--out_dir", default=HERE)
+parser.add_argument("--tokenizer", default="gpt2", help="a base model with GPT-2's tokenizer (the baby model's)")
+parser.add_argument("--out_dir", default=os.path.join(HERE, "gpt2"))
 args = parser.parse_args()
 if not 0 <= args.copy_fraction < 1:
     parser.error(f"--copy_fraction must be in [0, 1), got {args.copy_fraction}")
@@ -60,7 +61,10 @@ if not all(os.path.exists(p) for p in paths.values()):
                      f"(offline: --input PATH of tiny-shakespeare's input.txt)")
 text = np.fromfile(paths["train"], dtype=np.uint16).astype(np.int64)
 val = np.fromfile(paths["val"], dtype=np.uint16).astype(np.int64)
-enc = gpt2_encoding()
+with user_errors():
+    enc = get_tokenizer(args.tokenizer)
+if enc.name != "gpt2":
+    parser.error(f"--tokenizer {args.tokenizer}: the copy documents are made of GPT-2 tokens, for the baby GPT-2")
 numbers = {t for n in range(10_000) for t in enc.encode_ordinary(f" {n}")}
 frequent = np.argsort(-np.bincount(text, minlength=VOCAB), kind="stable")[:args.top]
 alphabet = np.array(sorted((set(frequent.tolist()) | numbers) - {EOT}))  # the tokens a copy document draws from
@@ -91,7 +95,7 @@ val.astype(np.uint16).tofile(os.path.join(args.out_dir, "val.bin"))
 # reference losses on the val split (nats per token)
 counts = np.bincount(text, minlength=VOCAB) + 1.0  # add-one: a val token unseen in training still gets mass
 unigram_val = float(-np.log(counts[val] / counts.sum()).mean())
-meta = dict(encoding="gpt2", vocab_size=VOCAB, dtype="uint16", train_tokens=len(tokens), val_tokens=len(val),
+meta = dict(**token_meta(enc, "gpt2"), train_tokens=len(tokens), val_tokens=len(val),
             text_tokens=len(text), copy_documents=len(docs), copy_tokens=len(tokens) - len(text),
             alphabet=len(alphabet), len_min=args.len_min, len_max=args.len_max, seed=args.seed,
             uniform_loss=math.log(VOCAB), unigram_val_loss=unigram_val)

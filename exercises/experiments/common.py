@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 from model import GPT  # noqa: E402
 
-DATA = os.path.join(ROOT, "data", "shakespeare")
+DATA = os.path.join(ROOT, "data", "shakespeare", "gpt2")  # GPT-2's tokens, the baby model's
 BASE = os.path.join(ROOT, "out-pretrain")  # the baby GPT-2 of the README's "Pretraining from scratch"
 
 

@@ -35,8 +35,6 @@ def run(*args):
     return res.stdout
 
 
-if not os.path.exists(os.path.join(ROOT, "data", "needle", "train.bin")):
-    run("data/needle/prepare.py")
 runs = {"lora": [], "difflora": []}
 for method in runs:
     for seed in seeds.split(","):

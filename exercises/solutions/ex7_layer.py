@@ -10,7 +10,7 @@ from model import cache_extend
 
 class DiffAttention(DiffLoRAAttention):
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, rope=None):  # a GPT-2 layer: rope is None
         B, T, C = x.size()
         H, hd = self.n_head, C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
