@@ -80,7 +80,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from model import GPT, apply_rope, cache_extend, causal_attention, causal_mask, repeat_kv, save_atomically
+from model import (ALIASES, GPT, apply_rope, cache_extend, causal_attention, causal_mask, checkpoint_path, file_sha256,
+                   repeat_kv, save_atomically)
 
 VARIANTS = ("both", "negative", "shared")
 # the linear maps of a block that the LoRA baseline can adapt, by family; "all" names every one
@@ -555,9 +556,19 @@ def load_trained(path, base=""):
 
 # ----------------------------------------------------------------------------- adapter files
 
+SHAPE_KEYS = ("n_layer", "n_embd", "n_head", "vocab_size", "n_kv_head", "head_dim", "family")  # an adapter fits only these
+
+
 def base_identity(model):
+    """What an adapter file records of its base: where it came from (for a GGUF file, also a hash
+    of its content: one name can stand for another file on another machine) and its shape."""
     c = model.config
-    return dict(name_or_path=str(model.name_or_path), n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head, vocab_size=c.vocab_size)
+    ident = dict(name_or_path=str(model.name_or_path), n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head,
+                 vocab_size=c.vocab_size, n_kv_head=c.n_kv_head, head_dim=c.head_dim,
+                 family="llama" if c.pos == "rope" else "gpt2")
+    if model.name_or_path in ALIASES or str(model.name_or_path).endswith(".gguf"):
+        ident["gguf_sha256"] = file_sha256(checkpoint_path(model.name_or_path))
+    return ident
 
 
 def trainable_state_dict(model):
@@ -596,12 +607,15 @@ def load_adapter(model, path):
     model already converted with the same method and configuration. Returns the model."""
     method, config, base, tensors = read_adapter(path)
     ours = base_identity(model)
-    for key in ("n_layer", "n_embd", "n_head", "vocab_size"):
-        if base[key] != ours[key]:
+    for key in SHAPE_KEYS:
+        if base.get(key, ours[key]) != ours[key]:  # (files of GPT-2 adapters before the Llama family lack some keys)
             raise ValueError(f"adapter {path} was trained on a base model with {key}={base[key]} "
                              f"({base['name_or_path']}), this model has {key}={ours[key]} ({ours['name_or_path']})")
     if base["name_or_path"] != ours["name_or_path"]:
         warnings.warn(f"adapter {path} was trained on {base['name_or_path']}, loading it onto {ours['name_or_path']} (same shape)")
+    elif base.get("gguf_sha256", ours.get("gguf_sha256")) != ours.get("gguf_sha256"):
+        warnings.warn(f"adapter {path} was trained on another file named {base['name_or_path']} (its content differs; "
+                      f"same shape): its results may differ")
     if model.adapter is None:
         (apply_difflora if method == "difflora" else apply_lora)(model, config)
     elif model.adapter[0] != method:

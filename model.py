@@ -629,6 +629,22 @@ def _open_gguf(path, size, mtime, reader):  # size and mtime: a file written ane
     return reader(path)
 
 
+def file_sha256(path):
+    """The SHA-256 of a file's content, hex (computed once per file and version)."""
+    stat = os.stat(path)
+    return _file_sha256(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path, size, mtime):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_gguf(path, dropout=0.0):
     """(GPTConfig, {GGUF tensor name: float32 tensor}) of a llama-architecture GGUF file, every
     tensor dequantised (any type the gguf package can). GGUF stores the rows of Q and K permuted

@@ -26,8 +26,8 @@ from torch.distributed import all_gather_object, barrier, destroy_process_group,
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import check, check_device, choose, configure, user_errors
-from difflora import (DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, load_trainable_state_dict, param_report,
-                      save_adapter, trainable_state_dict)
+from difflora import (LORA_TARGETS, DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, load_trainable_state_dict,
+                      param_report, save_adapter, trainable_state_dict)
 from model import GPT, GPTConfig, peak_flops, save_atomically, save_json
 from tokenizer import dataset_dir, get_tokenizer, read_meta
 
@@ -62,7 +62,7 @@ groupnorm = False
 lora_v = False
 lora_o = False
 init = "paper"  # paper | preserve
-lora_targets = "q,k,v,attn_out,mlp_in,mlp_out"  # lora: comma-separated linear maps
+lora_targets = "all"  # lora: all, or comma-separated maps: GPT-2's q,k,v,attn_out,mlp_in,mlp_out; Llama's q,k,v,o,gate,up,down
 dropout = 0.0  # the base model's own dropout
 # optimiser
 learning_rate = 2e-4
@@ -105,8 +105,8 @@ check(min_lr >= 0, "min_lr", min_lr, "a number >= 0")
 check(lambda_init is None or isinstance(lambda_init, (int, float)), "lambda_init", lambda_init, "None or a number")
 check(init_from != "scratch" or method == "full", "method", method, "full with init_from=scratch (every parameter is new)")
 check(n_embd % n_head == 0, "n_embd", n_embd, f"a multiple of n_head={n_head}")
-check(set(lora_targets.split(",")) <= {"q", "k", "v", "attn_out", "mlp_in", "mlp_out"}, "lora_targets", lora_targets,
-      "a comma-separated subset of q,k,v,attn_out,mlp_in,mlp_out")
+check(set(lora_targets.split(",")) <= set(LORA_TARGETS), "lora_targets", lora_targets,
+      "all, or comma-separated maps: GPT-2's q,k,v,attn_out,mlp_in,mlp_out or Llama's q,k,v,o,gate,up,down")
 # a fresh run never replaces another: the files of a run in out_dir stay as they are (rank 0
 # looks: under torchrun the other ranks may start after it has written this run's first file)
 RUN_FILES = ("ckpt.pt", "train_config.json", "metrics.json", "adapter.safetensors", "model.safetensors")
