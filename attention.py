@@ -5,7 +5,7 @@ base model's map. Prints where the last prompt token's attention goes (mass on t
 token, on a marked span such as a needle, on the query line, on the rest), layer by layer.
 
     python attention.py --out_dir=out-needle-difflora                      # the built-in needle prompt
-    python attention.py --out_dir=out-shakespeare-difflora --start=FILE:prompt.txt --needle="a phrase in it"
+    python attention.py --out_dir=out-needle-difflora --start=FILE:prompt.txt --needle="a phrase in it"
     python attention.py --init_from=gpt2                                    # a plain model: its maps only
     python attention.py --init_from=smollm2 --layers=0,15,-1                # SmolLM2, offline
 """
@@ -15,13 +15,13 @@ import sys
 
 import torch
 
-from configurator import check, check_device, configure, read_text, user_errors
+from configurator import check, configure, resolve_device, read_text, user_errors
 from difflora import attention_maps, attention_regions, load_trained, region_mass
 from model import GPT
 from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
-out_dir = "out-shakespeare-difflora"
+out_dir = "out-needle-difflora"
 init_from = "out_dir"  # 'out_dir': the checkpoint there; or a base model (gpt2, smollm2, a folder, a .gguf file, a hub id)
 base = ""  # the base model to compare with ('' = the adapter's own base; none for a full fine-tune)
 start = ("The river was calm that morning. The secret code of falcon is 4821. People walked slowly along the "
@@ -40,14 +40,12 @@ try:
 except ValueError:
     check(False, "layers", layers, "comma-separated layer indices such as 0,5,-1")
 check(head >= 0, "head", head, "an integer >= 0, below the model's n_head")
-check_device(device)
+device = resolve_device(device)[0]
 if init_from == "out_dir" and not os.path.isdir(out_dir):
     raise SystemExit(f"error: out_dir {out_dir!r} does not exist (from {os.getcwd()}): train into it first, "
-                     f"or look at a plain model with --init_from=gpt2")
+                     f"or look at a plain model with --init_from=smollm2")
 start = read_text("start", start)
 out = out or os.path.join(out_dir if init_from == "out_dir" else "out-attention", "attention.png")
-if device == "auto":
-    device = "cuda" if torch.cuda.is_available() else "cpu"
 with user_errors():
     model = load_trained(out_dir if init_from == "out_dir" else init_from, base).eval().to(device)
     base_name = base or (model.name_or_path if model.adapter is not None else "")

@@ -35,11 +35,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 
 import torch
 
-from configurator import check, check_device, choose, configure, user_errors
+from configurator import check, choose, compile_errors, configure, resolve_device, user_errors
 from difflora import DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, set_attention_path
 from model import GPT, GPTConfig, LLAMA, peak_flops
 
@@ -91,14 +90,7 @@ for key in ("n_kv_head", "n_inner"):
 check(n_embd % n_head == 0, "n_embd", n_embd, f"a multiple of n_head={n_head}")
 check(n_head % (n_kv_head or n_head) == 0, "n_kv_head", n_kv_head, f"a divisor of n_head={n_head}")
 check(0 <= dropout < 1, "dropout", dropout, "a number in [0, 1)")
-check_device(device)
-choose("dtype", dtype, ("auto", "float32", "bfloat16", "float16"))
-if device == "auto":
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-device_type = "cuda" if device.startswith("cuda") else "cpu"
-if dtype == "auto":
-    dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=getattr(torch, dtype))
+device, device_type, dtype, ctx = resolve_device(device, dtype)
 peak = peak_flops(device)
 T_max = max([int(t) for t in seq_lens.split(",")] + [T for _, T in shapes] + [gen_prompt + gen_tokens])
 
@@ -193,13 +185,14 @@ def train_step(model, B, T, hf_model=False):
     model.train()
 
     def step():
-        if opt is None:
-            with torch.no_grad(), ctx:
-                fn(x)
-            return
-        with ctx:
-            loss = fn(input_ids=x, labels=x).loss if hf_model else fn(x, x)[1]
-        loss.backward()
+        with compile_errors(compile):
+            if opt is None:
+                with torch.no_grad(), ctx:
+                    fn(x)
+                return
+            with ctx:
+                loss = fn(input_ids=x, labels=x).loss if hf_model else fn(x, x)[1]
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return step

@@ -10,7 +10,8 @@ key and the closest valid ones. An int is accepted for a float setting; a settin
 default is None takes any value; read_text() gives a text setting that says FILE:path the
 file's contents. --help (or -h) prints the script's docstring and every
 setting with its default and the comment beside it in the source. check() and choose() stop
-a script on a bad value with one line that names the setting, the value and what is allowed.
+a script on a bad value with one line that names the setting, the value and what is allowed;
+resolve_device() does it for a device or dtype this machine does not have.
 """
 
 import argparse
@@ -18,7 +19,7 @@ import ast
 import difflib
 import re
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 
 def _set(settings, key, value, where):
@@ -30,7 +31,8 @@ def _set(settings, key, value, where):
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if default is not None and type(value) is not type(default):
-        raise SystemExit(f"error: setting {key!r} (from {where}) must be a {type(default).__name__} "
+        kind = type(default).__name__
+        raise SystemExit(f"error: setting {key!r} (from {where}) must be {'an' if kind[0] in 'aeiou' else 'a'} {kind} "
                          f"like its default {default!r}, got {value!r} ({type(value).__name__})")
     settings[key] = value
 
@@ -62,9 +64,38 @@ def choose(key, value, options):
     check(value in options, key, value, " | ".join(map(str, options)))
 
 
-def check_device(device):
-    """check() the device setting of any script."""
-    check(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device, "auto | cpu | cuda | cuda:N")
+def resolve_device(device, dtype="auto", gpu_fallback="float32"):
+    """(device, device type, dtype, autocast context) that this machine can run, from the settings
+    device (auto | cpu | cuda | cuda:N | mps) and dtype (auto | float32 | bfloat16 | float16),
+    before any weights are loaded or files written. auto: the first GPU if there is one, else the
+    CPU; float32 on the CPU and MPS, bfloat16 on a GPU that supports it, else gpu_fallback (train.py
+    uses float16, with a gradient scaler). A device or dtype the machine cannot honour stops the
+    script with one line that names what it has."""
+    import torch
+    check(device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", device) is not None, "device", device,
+          "auto | cpu | cuda | cuda:N | mps")
+    choose("dtype", dtype, ("auto", "float32", "bfloat16", "float16"))
+    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    has_mps = torch.backends.mps.is_available()
+    here = ", ".join(["cpu"] + [f"cuda:{i}" for i in range(n_gpu)] + ["mps"] * has_mps)
+    if device == "auto":
+        device = "cuda" if n_gpu else "cpu"
+    kind = device.split(":")[0]
+    if kind == "cuda" and int(device[5:] or 0) >= n_gpu:
+        why = "no CUDA GPU" if n_gpu == 0 else f"{n_gpu} CUDA GPU{'s' * (n_gpu > 1)}"
+        build = "" if torch.backends.cuda.is_built() else f" (this torch, {torch.__version__}, is built without CUDA)"
+        raise SystemExit(f"error: setting 'device' is {device!r}, but this machine has {why}{build}; available: {here}")
+    if kind == "mps" and not has_mps:
+        raise SystemExit(f"error: setting 'device' is 'mps', but this machine has no MPS (Apple GPU) device; available: {here}")
+    if dtype == "auto":
+        dtype = "float32" if kind != "cuda" else "bfloat16" if torch.cuda.is_bf16_supported() else gpu_fallback
+    if kind == "cpu" and dtype == "float16":
+        raise SystemExit("error: setting 'dtype' is 'float16', which is for GPUs; on the CPU use float32 (or bfloat16)")
+    if kind == "cuda" and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise SystemExit(f"error: setting 'dtype' is 'bfloat16', which this GPU ({torch.cuda.get_device_name(device)}) "
+                         f"cannot run; use float16 or float32")
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=kind, dtype=getattr(torch, dtype))
+    return device, kind, dtype, ctx
 
 
 @contextmanager
@@ -76,6 +107,21 @@ def user_errors(suffix=""):
         yield
     except (OSError, ValueError, ImportError) as e:
         raise SystemExit(f"error: {e}{suffix}") from None
+
+
+@contextmanager
+def compile_errors(enabled):
+    """With compile=True, torch.compile builds its kernels at the first call of the model (for
+    each of eval and training); inside this, a failure there (no working C++ compiler, an
+    unsupported platform) stops the script with one line naming the setting."""
+    try:
+        yield
+    except Exception as e:
+        if enabled and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            why = (str(e).strip().splitlines() or [""])[0][:300]
+            raise SystemExit(f"error: setting 'compile' is True, but torch.compile failed on this machine "
+                             f"({type(e).__name__}: {why}); run with --compile=False") from None
+        raise
 
 
 def read_text(key, value):

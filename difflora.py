@@ -315,7 +315,7 @@ class DiffLoRAAttention(nn.Module):
                 self.lambda_k2.data.copy_(self.lambda_k1.data)
         self.gn_gain = nn.Parameter(torch.ones(hd, **kw)) if config.groupnorm else None
         self.explicit = False   # True: materialise A1, A2 (analysis, tests); False: fused kernels
-        self.keep_maps = False  # with explicit: keep (A1, lambda A2) of the last call in self.maps
+        self.keep_maps = None  # with explicit: a slice of query rows whose (A1, lambda A2) the last call keeps in self.maps
         self.maps = None
         self.merged = False
 
@@ -349,7 +349,7 @@ class DiffLoRAAttention(nn.Module):
         if self.explicit:  # the maps materialised, to look at them
             y, a1, a2 = explicit_differential_attention(q1, k1, q2, k2, v, lam, p)
             if self.keep_maps:
-                self.maps = (a1.detach(), (lam * a2).detach())
+                self.maps = (a1[:, :, self.keep_maps].detach(), (lam * a2[:, :, self.keep_maps]).detach())
         else:
             y = fused_differential_attention(q1, k1, q2, k2, v, lam, p)  # (B, H, T, hd)
         if self.gn_gain is not None:
@@ -477,16 +477,19 @@ def set_attention_path(model, explicit):
 
 
 @torch.no_grad()
-def attention_maps(model, idx):
+def attention_maps(model, idx, rows=None):
     """Run idx (B, T) and return, per layer, (A1, lambda*A2, lambda) with the maps (B, H, T, T) in
     fp32: DiffLoRA layers through the explicit path (the differential map is A1 - lambda*A2);
     plain layers (base or LoRA) give (A, None, 0.0), recomputed from their q and k (rotated by
-    RoPE on a Llama-family model)."""
+    RoPE on a Llama-family model). rows (a slice of query positions, e.g. slice(-1, None) for
+    the last token's row) keeps only those rows, (B, H, rows, T): at T = 4096 the whole maps of a
+    30-layer model would take gigabytes."""
+    rows = slice(None) if rows is None else rows
     plain, hooks = {}, []
     layers = [block.attn for block in model.transformer.h]
     for i, attn in enumerate(layers):
         if isinstance(attn, DiffLoRAAttention):
-            attn.explicit = attn.keep_maps = True
+            attn.explicit, attn.keep_maps = True, rows
         else:
             def hook(m, args, output, i=i):  # args: the layer's (x, cache, rope)
                 x, rope = args[0], args[2]
@@ -496,7 +499,7 @@ def attention_maps(model, idx):
                 k = k.view(B, T, m.n_kv_head, m.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
                 if rope is not None:
                     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-                plain[i] = causal_softmax(q, k)
+                plain[i] = causal_softmax(q, k)[:, :, rows]
             hooks.append(attn.register_forward_hook(hook))
     try:
         model(idx)
@@ -507,8 +510,7 @@ def attention_maps(model, idx):
             h.remove()
         for a in layers:
             if isinstance(a, DiffLoRAAttention):
-                a.explicit = a.keep_maps = False
-                a.maps = None
+                a.explicit, a.keep_maps, a.maps = False, None, None
 
 
 def attention_regions(T, needle=None, query=None):

@@ -23,7 +23,7 @@ import sys
 
 import torch
 
-from configurator import check, check_device, configure, user_errors
+from configurator import check, configure, resolve_device, user_errors
 from difflora import attention_maps, attention_regions, load_trained, read_adapter, region_mass
 from model import ALIASES, checkpoint_path, is_hub_id, open_gguf
 from tokenizer import get_tokenizer
@@ -55,9 +55,7 @@ check(all(n >= 16 for n in length_list), "lengths", lengths, "token counts >= 16
 check(all(0 <= d <= 1 for d in depth_list), "depths", depths, "numbers in [0, 1]")
 check(1 <= needles <= 30, "needles", needles, "1..30")
 check(examples >= 1, "examples", examples, "an integer >= 1")
-check_device(device)
-if device == "auto":
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+device = resolve_device(device)[0]
 out = out or os.path.join("out-needle-eval", "needle.png")
 table = os.path.splitext(out)[0] + ".txt"
 REGIONS = ("needle", "first", "query", "rest")
@@ -144,8 +142,8 @@ for entry in entries:
                     got = model.generate(prompt, len(answer), temperature=0)[0, ex["answer_start"]:].tolist()
                     hits += got == answer
                     regions = attention_regions(prompt.size(1), ex["needle"], ex["question"])
-                    for a1, neg, _ in attention_maps(model, prompt):
-                        m = region_mass((a1 if neg is None else a1 - neg)[0, :, -1], regions)  # last row, per head
+                    for a1, neg, _ in attention_maps(model, prompt, rows=slice(-1, None)):  # the last token's row
+                        m = region_mass((a1 if neg is None else a1 - neg)[0, :, -1], regions)  # per head
                         for r in REGIONS:
                             mass[r].append(m[r].mean().item())
                 acc[L, d] = hits / examples

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from configurator import check, check_device, configure, user_errors
+from configurator import check, configure, resolve_device, user_errors
 
 
 @torch.no_grad()
@@ -54,12 +54,10 @@ if __name__ == "__main__":
     # -------------------------------------------------------------------------
     config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
     globals().update(configure(config, sys.argv[1:]))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     check(all(n.isdigit() and int(n) >= 2 for n in seq_lens.split(",")), "seq_lens", seq_lens,
           "comma-separated lengths >= 2 such as 16,48")
     check(n_seq >= 1, "n_seq", n_seq, "an integer >= 1")
-    check_device(device)
+    device = resolve_device(device)[0]
     lens = [int(n) for n in seq_lens.split(",")]
     with user_errors():
         net = load_trained(model).eval().to(device)

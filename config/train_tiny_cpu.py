@@ -1,5 +1,8 @@
-# DiffLoRA on gpt2 in a couple of minutes on a laptop CPU: short windows, few iterations.
+# DiffLoRA on gpt2 and tiny-shakespeare in a couple of minutes on a laptop CPU: short windows,
+# few iterations (downloads gpt2 and tiny-shakespeare on first use).
 out_dir = "out-tiny-cpu"
+init_from = "gpt2"
+dataset = "shakespeare"
 device = "cpu"
 block_size = 64
 batch_size = 4

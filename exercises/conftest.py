@@ -19,6 +19,8 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     folder = os.path.join(HERE, "solutions") if config.getoption("--solutions") else HERE
+    if not os.path.isdir(folder):
+        raise pytest.UsageError("--solutions: this copy of the course has no exercises/solutions/ (the students' copy)")
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]  # pytest put it there for this file
     sys.path.insert(0, folder)
     sys.path.append(HERE)  # measure.py and swap_layer.py; last, so the chosen folder's exercises come first

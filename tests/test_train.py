@@ -187,7 +187,7 @@ def test_configurator_rules(tmp_path):
     assert isinstance(got["learning_rate"], float)
     with pytest.raises(SystemExit, match="unknown setting 'max_iter'.*did you mean max_iters"):
         configure(settings, ["--max_iter=5"])
-    with pytest.raises(SystemExit, match="'max_iters'.*must be a int.*got 1.5"):
+    with pytest.raises(SystemExit, match="'max_iters'.*must be an int.*got 1.5"):
         configure(settings, ["--max_iters=1.5"])
     with pytest.raises(SystemExit, match="'compile'.*must be a bool"):
         configure(settings, ["--compile=1"])
@@ -199,7 +199,7 @@ def test_configurator_rules(tmp_path):
 def test_train_errors(tiny101, chain, tmp_path):
     with pytest.raises(SystemExit, match="unknown setting 'lora_rnak'.*lora_rank"):
         train("--lora_rnak=4")
-    with pytest.raises(SystemExit, match="'max_iters'.*must be a int"):
+    with pytest.raises(SystemExit, match="'max_iters'.*must be an int"):
         train("--max_iters=ten")
     with pytest.raises(SystemExit, match="dataset 'no_such_data' not found"):
         train(f"--init_from={tiny101}", "--dataset=no_such_data", f"--out_dir={tmp_path}")

@@ -68,6 +68,7 @@ def test_missing_tokenizer_files_say_how_to_supply_them(tmp_path):
               https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "could not load the GPT-2 tokenizer" in out.stderr and "TIKTOKEN_CACHE_DIR" in out.stderr
+    assert "vocab.bpe" in out.stderr and "encoder.json" in out.stderr and "install-tiktoken-cache.sh" in out.stderr
 
 
 # ----------------------------------------------------------------------------- --help
@@ -201,3 +202,120 @@ def test_eval_needle_keeps_finished_cells_when_a_later_model_fails(trained_50k, 
     assert f"evaluating {trained_50k[0]}" in out.stdout and "length 48" in out.stdout  # progress
     table = open(tmp_path / "n.txt").read()
     assert f"{trained_50k[0]}: exact match" in table and re.search(r"^\s+48\s+\d", table, flags=re.M)
+
+
+# ----------------------------------------------------------------------------- settings the machine cannot honour
+
+def one_line(out):
+    """The single error line of a script that stopped with exit code 1 and no traceback."""
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    lines = [line for line in out.stderr.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-2000:]
+    return lines[0]
+
+
+MACHINE = [  # (script, arguments, what the line says), each producible on this machine
+    *[(script, ["--device=cuda"], "setting 'device' is 'cuda', but this machine has ")
+      for script in ("train.py", "sample.py", "attention.py", "eval_needle.py", "induction.py", "bench.py")],
+    *[(script, args, says) for script in ("train.py", "sample.py") for args, says in (
+        (["--device=cuda:1"], "setting 'device' is 'cuda:1', but this machine has "),
+        (["--device=mps"], "setting 'device' is 'mps', but this machine has no MPS"),
+        (["--device=cpu", "--dtype=float16"], "float16', which is for GPUs; on the CPU use float32"))],
+    ("bench.py", ["--device=cpu", "--dtype=float16"], "float16', which is for GPUs; on the CPU use float32"),
+]
+
+
+@pytest.mark.parametrize("script,args,says", MACHINE, ids=[f"{s}:{a[-1]}" for s, a, _ in MACHINE])
+def test_a_device_or_dtype_the_machine_lacks_gets_one_line(script, args, says, tiny101, tmp_path):
+    device = args[0].split("=")[1]
+    if device.startswith("cuda") and torch.cuda.device_count() > int(device.partition(":")[2] or 0):
+        pytest.skip("this machine has that GPU")
+    if "mps" in args[0] and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    (out_dir / "keep.txt").write_text("a file of the user's")
+    model = {"train.py": [f"--init_from={tiny101}", f"--out_dir={out_dir}"], "induction.py": [f"--model={tiny101}"],
+             "eval_needle.py": [f"--models={tiny101}", "--lengths=32"], "bench.py": []}.get(script, [f"--init_from={tiny101}"])
+    line = one_line(run(sys.executable, script, *model, *args))
+    assert says in line
+    assert "available: cpu" in line or "dtype" in line
+    assert sorted(os.listdir(out_dir)) == ["keep.txt"]  # nothing written or changed
+
+
+def test_torchrun_asking_for_cuda_stops_every_rank_the_same_way(tiny101, chain, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: see the test below")
+    out = run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+              f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path / 'run'}", "--device=cuda")
+    assert out.returncode != 0
+    ours = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 2 and len(set(ours)) == 1 and "setting 'device' is 'cuda'" in ours[0], out.stderr[-3000:]
+    assert "File \"" + os.path.join(ROOT, "train.py") not in out.stderr  # no traceback from the script
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_cases(tiny101, chain, tmp_path):
+    n = torch.cuda.device_count()
+    assert f"but this machine has {n} CUDA GPU" in one_line(run(sys.executable, "sample.py", f"--init_from={tiny101}",
+                                                                f"--device=cuda:{n}"))
+    out = run(sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n + 1}", "train.py",
+              f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path / 'run'}",
+              f"--gradient_accumulation_steps={n + 1}")
+    assert out.returncode != 0 and f"use --nproc_per_node={n}" in out.stderr
+    if not torch.cuda.is_bf16_supported():
+        assert "cannot run" in one_line(run(sys.executable, "sample.py", f"--init_from={tiny101}", "--dtype=bfloat16"))
+
+
+def test_compile_that_cannot_build_is_one_line(tiny101, chain, tmp_path):
+    # a C++ compiler that is not there stands for a machine where torch.compile cannot build its kernels
+    out = run(sys.executable, "train.py", f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path}",
+              "--compile=True", "--device=cpu", "--max_iters=1", "--eval_iters=1", "--batch_size=2", "--block_size=16",
+              CXX="/nonexistent/c++", CC="/nonexistent/cc")
+    line = one_line(out) if out.returncode == 1 else pytest.fail(f"exit {out.returncode}: {out.stderr[-2000:]}")
+    assert "setting 'compile' is True, but torch.compile failed" in line and "--compile=False" in line
+
+
+# ----------------------------------------------------------------------------- offline paths
+
+def test_a_prepared_dataset_is_not_fetched_again(tmp_path):
+    shakespeare = os.path.join(os.path.dirname(ROOT), "shared", "data", "tinyshakespeare", "input.txt")
+    if not os.path.exists(shakespeare):
+        pytest.skip("../shared/data/tinyshakespeare is not here")
+    first = run(sys.executable, "data/shakespeare/prepare.py", "--input", shakespeare, f"--out_dir={tmp_path}")
+    assert first.returncode == 0, first.stderr
+    before = {f: os.stat(tmp_path / f).st_mtime_ns for f in os.listdir(tmp_path)}
+    # no --input and no network: the tokens are there, so nothing is fetched or written
+    again = run(sys.executable, "data/shakespeare/prepare.py", f"--out_dir={tmp_path}",
+                https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+    assert {f: os.stat(tmp_path / f).st_mtime_ns for f in os.listdir(tmp_path)} == before
+
+
+def test_the_type_error_reads_right():
+    from configurator import configure
+    with pytest.raises(SystemExit, match="'max_iters' .* must be an int like its default 10"):
+        configure(dict(max_iters=10), ["--max_iters=1.5"])
+    with pytest.raises(SystemExit, match="'rate' .* must be a float like its default 1.0"):
+        configure(dict(rate=1.0), ["--rate='x'"])
+
+
+def test_the_students_copy_has_no_answers_and_still_grades(tmp_path):
+    dest = tmp_path / "course"
+    out = run(sys.executable, "exercises/student_copy.py", str(dest))
+    assert out.returncode == 0, out.stderr
+    assert not (dest / "exercises" / "solutions").exists() and not (dest / "exercises" / "KEY.md").exists()
+    assert (dest / "exercises" / "ex1_attention.py").exists() and (dest / "model.py").exists() and not (dest / ".git").exists()
+    import xml.etree.ElementTree as ET
+    report = tmp_path / "report.xml"
+    graded = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "exercises", f"--junitxml={report}", cwd=dest)
+    assert graded.returncode == 1, graded.stdout[-2000:]
+    cases = list(ET.parse(report).getroot().iter("testcase"))
+    assert len(cases) >= 40
+    for case in cases:
+        failure = case.find("failure") if case.find("failure") is not None else case.find("error")
+        assert failure is not None and failure.get("message", "").startswith("NotImplementedError"), case.get("name")
+    refused = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "exercises", "--solutions", cwd=dest)
+    assert refused.returncode != 0 and "has no exercises/solutions/" in refused.stdout + refused.stderr
+    assert one_line(run(sys.executable, "exercises/student_copy.py", str(dest))).endswith("(nothing was written)")

@@ -40,8 +40,9 @@ for method in runs:
     for seed in seeds.split(","):
         out_dir = os.path.join(OUT, f"ex11-{method}-seed{seed}")
         extra = ["config/train_lora.py"] if method == "lora" else []
-        run("train.py", "config/needle.py", *extra, f"--init_from={BASE}", f"--out_dir={out_dir}", f"--max_iters={iters}",
-            f"--eval_interval={iters // 2}", "--eval_iters=5", "--batch_size=8", "--gradient_accumulation_steps=1",
+        run("train.py", *extra, f"--init_from={BASE}", f"--out_dir={out_dir}", f"--max_iters={iters}",
+            "--learning_rate=3e-4", "--min_lr=3e-5", "--eval_iters=5",
+            f"--eval_interval={iters // 2}", "--batch_size=8", "--gradient_accumulation_steps=1",
             "--warmup_iters=5", f"--seed={seed}", "--device=cpu", "--overwrite=True")
         runs[method].append(out_dir)
 print(f"\n{'run':<28}{'answer loss at 0':>18}{f'at {iters}':>10}   lambda per layer at the end")
