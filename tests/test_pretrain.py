@@ -1,6 +1,6 @@
 """Pretraining from scratch (train.py --init_from=scratch), the copy-document data
 (data/shakespeare_copy) and the induction test (induction.py), on tiny shapes; and the
-README's report of the committed results."""
+docs' report of the committed results."""
 
 import json
 import os
@@ -173,10 +173,10 @@ def test_shakespeare_copy_needs_shakespeare(tmp_path):
 
 # ----------------------------------------------------------------------------- the reported results
 
-def test_readme_reports_the_baby_models_induction_numbers():
+def test_docs_report_the_baby_models_induction_numbers():
     rows = [line.split() for line in open(os.path.join(ROOT, "results", "pretrain", "induction.txt"))
             if not line.startswith("#")][1:]
-    readme = open(os.path.join(ROOT, "README.md")).read()
+    readme = open(os.path.join(ROOT, "docs", "pretraining.md")).read()  # the baby model's page
     assert rows
     for length, first, second, copied in rows:
         assert re.search(rf"\|\s*{length}\s*\|\s*{first}\s*\|\s*{second}\s*\|\s*{copied}\s*\|", readme), length
