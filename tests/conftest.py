@@ -282,3 +282,15 @@ def quantised_copy(hf_model, qtype):
                 q = gguf.quants.quantize(p.numpy(), gguf.GGMLQuantizationType[qtype])
                 p.copy_(torch.from_numpy(gguf.quants.dequantize(q, gguf.GGMLQuantizationType[qtype])))
     return model
+
+
+def fake_hub_cache(root, repo_id, folder, files):
+    """Lay files of folder out as huggingface_hub's cache under root does for repo_id, so that the
+    id loads offline (HF_HUB_CACHE=root, HF_HUB_OFFLINE=1) through the download path."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for f in files:
+        (repo / "snapshots" / commit / f).write_bytes(open(os.path.join(folder, f), "rb").read())

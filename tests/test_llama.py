@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (ROOT, SHARED_DATA, SMOLLM2_GGUF, make_llama, make_tokenizer, needs_smollm2, quantised_copy,
-                      run, write_gguf)
+from conftest import (ROOT, SHARED_DATA, SMOLLM2_GGUF, fake_hub_cache, make_llama, make_tokenizer, needs_smollm2,
+                      quantised_copy, run, write_gguf)
 from model import GPT, GPTConfig, LLAMA, apply_rope, rope_cos_sin, rope_inv_freq
 from tokenizer import DIGITS_PATTERN, get_tokenizer
 
@@ -127,14 +127,8 @@ def test_parameter_count_matches_transformers(case):
 
 
 def test_loads_through_the_hub_cache(llama_tiny, tmp_path):
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--someone--tiny-llama"
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
-        (snap / f).write_bytes(open(os.path.join(llama_tiny[0], f), "rb").read())
+    fake_hub_cache(tmp_path / "hub", "someone/tiny-llama", llama_tiny[0],
+                   ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"))
     code = ("import torch; from model import GPT; from tokenizer import get_tokenizer; "
             "m = GPT.from_pretrained('someone/tiny-llama').eval(); e = get_tokenizer('someone/tiny-llama'); "
             "print(m(torch.arange(10)[None])[0].sum().item(), m.name_or_path, e.encode_ordinary('hello 12'))")

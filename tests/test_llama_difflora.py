@@ -13,7 +13,7 @@ from conftest import FAST, ROOT, make_llama, needs_smollm2, run, train
 from difflora import (DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, attention_maps, load_adapter, merge,
                       param_counts, save_adapter, set_attention_path, unmerge)
 from model import GPT, GPTConfig, LLAMA, rope_cos_sin
-from test_difflora import VARIANT_CONFIGS, perturb
+from test_difflora import VARIANT_CONFIGS, perturb, train_steps  # its batches' ids (< 101) fit this vocabulary too
 
 V = 384  # the tiny Llama's vocabulary
 
@@ -26,16 +26,6 @@ def batch(T=20, B=2, seed=0):
 def adapted(path, seed=0, **kw):
     torch.manual_seed(seed)
     return apply_difflora(GPT.from_pretrained(path), DiffLoRAConfig(**{"dropout": 0.0, "r": 4, "alpha": 8, **kw}))
-
-
-def train_steps(model, n=3, lr=1e-2):
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    for step in range(n):
-        x, y = batch(seed=step)
-        opt.zero_grad(set_to_none=True)
-        model(x, y)[1].backward()
-        opt.step()
 
 
 def rotate(x, pos, theta):

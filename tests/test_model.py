@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import ROOT, make_hf_model
+from conftest import ROOT, fake_hub_cache, make_hf_model
 from model import GPT, causal_attention, causal_mask, sample_next
 
 ATOL = 1e-5
@@ -73,14 +73,7 @@ def test_fp16_checkpoint(tmp_path):
 
 def test_loads_through_the_hub_cache(hf_tiny, tmp_path):
     # lay the tiny checkpoint out as huggingface_hub's cache does, then load it by repo id offline
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--someone--tiny-gpt2"
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    for f in ("config.json", "model.safetensors"):
-        (snap / f).write_bytes(open(os.path.join(hf_tiny[0], f), "rb").read())
+    fake_hub_cache(tmp_path / "hub", "someone/tiny-gpt2", hf_tiny[0], ("config.json", "model.safetensors"))
     code = ("import torch; from model import GPT; m = GPT.from_pretrained('someone/tiny-gpt2').eval();"
             "print(m(torch.arange(10)[None])[0].sum().item(), m.name_or_path)")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
