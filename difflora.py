@@ -398,7 +398,7 @@ def apply_lora(model, config):
     The maps' names are the family's: GPT-2's q, k, v, attn_out, mlp_in, mlp_out, Llama's q, k,
     v, o, gate, up, down ("all": every one)."""
     _check_unadapted(model)
-    llama = model.config.mlp == "swiglu"
+    llama = model.config.family == "llama"
     names = LLAMA_TARGETS if llama else GPT2_TARGETS
     t = set(names) if "all" in config.targets else set(config.targets)
     if not t <= set(names):
@@ -566,8 +566,7 @@ def base_identity(model):
     of its content: one name can stand for another file on another machine) and its shape."""
     c = model.config
     ident = dict(name_or_path=str(model.name_or_path), n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head,
-                 vocab_size=c.vocab_size, n_kv_head=c.n_kv_head, head_dim=c.head_dim,
-                 family="llama" if c.pos == "rope" else "gpt2")
+                 vocab_size=c.vocab_size, n_kv_head=c.n_kv_head, head_dim=c.head_dim, family=c.family)
     if model.name_or_path in ALIASES or str(model.name_or_path).endswith(".gguf"):
         ident["gguf_sha256"] = file_sha256(checkpoint_path(model.name_or_path))
     return ident

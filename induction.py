@@ -61,8 +61,10 @@ if __name__ == "__main__":
     lens = [int(n) for n in seq_lens.split(",")]
     with user_errors():
         net = load_trained(model).eval().to(device)
-        enc = get_tokenizer(net.name_or_path)
-        data_dir = dataset_dir(dataset, net.name_or_path)[0] if dataset != "all" else None
+        if dataset == "all":
+            enc = get_tokenizer(net.name_or_path)
+        else:
+            data_dir = dataset_dir(dataset, net.name_or_path)[0]
     if dataset == "all":  # every token but the special ones
         specials = {enc.encode_single_token(t) for t in enc.special_tokens_set}
         alphabet = torch.tensor([i for i in range(enc.vocab_size) if i not in specials])

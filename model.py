@@ -58,6 +58,11 @@ class GPTConfig:
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head {self.n_head} must be a multiple of n_kv_head {self.n_kv_head}")
 
+    @property
+    def family(self):
+        """'gpt2' or 'llama': which checkpoint layout, LoRA map names and adapter files fit this model."""
+        return "llama" if self.pos == "rope" else "gpt2"
+
 
 LLAMA = dict(norm="rmsnorm", pos="rope", mlp="swiglu", bias=False)
 
@@ -334,7 +339,7 @@ class GPT(nn.Module):
             raise ValueError("save_pretrained writes a plain model; merge or save the adapter with difflora.save_adapter")
         c = self.config
         sd = self.state_dict()
-        if c.pos == "learned":
+        if c.family == "gpt2":
             hf = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_positions=c.block_size, n_ctx=c.block_size,
                       vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_inner=c.n_inner,
                       layer_norm_epsilon=c.layer_norm_epsilon, activation_function="gelu_new", tie_word_embeddings=True,
@@ -436,7 +441,7 @@ class GPT(nn.Module):
             model.rope_inv_freq = rope_inv_freq(config)
         model.name_or_path = name_or_path if name_or_path in ALIASES or not os.path.exists(name_or_path) \
             else os.path.abspath(name_or_path)  # a local folder or file is found from any working directory
-        if config.pos == "learned":  # GPT-2: the checkpoint's names are ours, once normalised
+        if config.family == "gpt2":  # the checkpoint's names are ours, once normalised
             sd = _gpt2_state_dict(sd)
             keys = {name: [name] for name in model.state_dict() if name != "lm_head.weight"}
         else:
@@ -649,7 +654,6 @@ def read_gguf(path, dropout=0.0):
     """(GPTConfig, {GGUF tensor name: float32 tensor}) of a llama-architecture GGUF file, every
     tensor dequantised (any type the gguf package can). GGUF stores the rows of Q and K permuted
     for Meta's interleaved RoPE; they are put back in the half-split order of apply_rope."""
-    from gguf import dequantize  # open_gguf says how to install it
     try:
         reader = open_gguf(path)
         fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
@@ -668,11 +672,11 @@ def read_gguf(path, dropout=0.0):
                        n_inner=get("feed_forward_length"), layer_norm_epsilon=get("attention.layer_norm_rms_epsilon"),
                        vocab_size=int(tensors["token_embd.weight"].shape[1]) if "token_embd.weight" in tensors else get("vocab_size"),
                        rope_theta=get("rope.freq_base") or 10000.0, tie_embeddings="output.weight" not in tensors,
-                       rope_scaling={"factors": _dequantize(factors, dequantize, path).tolist()} if factors else None,
+                       rope_scaling={"factors": _dequantize(factors, path).tolist()} if factors else None,
                        dropout=dropout)
     sd = {}
     for name, t in tensors.items():
-        w = torch.from_numpy(_dequantize(t, dequantize, path))
+        w = torch.from_numpy(_dequantize(t, path))
         if name.endswith(("attn_q.weight", "attn_k.weight")):  # undo the converter's permutation of the rows
             n = config.n_head if name.endswith("attn_q.weight") else config.n_kv_head
             w = w.reshape(n, head_dim // 2, 2, w.size(1)).transpose(1, 2).reshape(w.shape)
@@ -680,8 +684,9 @@ def read_gguf(path, dropout=0.0):
     return config, sd
 
 
-def _dequantize(t, dequantize, path):
+def _dequantize(t, path):
     """One GGUF tensor as a float32 numpy array in PyTorch's (out, in) order."""
+    from gguf import dequantize  # (installed: open_gguf read the file)
     try:
         return dequantize(t.data, t.tensor_type).astype("float32").reshape(tuple(int(n) for n in reversed(t.shape)))
     except NotImplementedError:

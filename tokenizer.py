@@ -22,6 +22,8 @@ import re
 
 import tiktoken
 
+from model import ALIASES, checkpoint_path, open_gguf
+
 # GPT-2's pre-tokenizer (Hugging Face's ByteLevel regex)
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # SmolLM2's: every digit on its own first (Digits(individual_digits)), then GPT-2's regex on the
@@ -107,7 +109,6 @@ def get_tokenizer(init_from):
     project: a GPT-2 name or folder (tiktoken's gpt2), 'scratch' (a new GPT-2), a Llama-family
     folder or hub id (its tokenizer.json), a .gguf file or an alias such as smollm2 (the file's
     tokenizer.ggml.* fields), or a train.py out_dir (its base's)."""
-    from model import ALIASES, checkpoint_path
     if init_from in GPT2_NAMES or init_from == "scratch" or init_from.startswith("openai-community/"):
         return gpt2_tokenizer()
     if os.path.isfile(os.path.join(init_from, "train_config.json")):  # a run: its base's tokenizer
@@ -152,7 +153,6 @@ def json_tokenizer(folder):
 
 def gguf_tokenizer(path, label):
     """The byte-level BPE of a GGUF file's tokenizer.ggml.* fields."""
-    from model import open_gguf
     try:
         fields = open_gguf(path).fields
         get = lambda k, default=None: fields[k].contents() if k in fields else default

@@ -192,7 +192,7 @@ for split in ("train", "val"):
                          f"(e.g. python data/shakespeare/prepare.py) or pass --dataset=FOLDER with train.bin and val.bin")
     if os.path.getsize(path) // token_dtype.itemsize <= block_size:
         raise SystemExit(f"error: {path} holds fewer than block_size+1 = {block_size + 1} tokens")
-if "tokenizer" in meta:
+if "tokenizer" in meta and not prepare:  # (a dataset this project prepares has a folder per tokenizer)
     with user_errors():
         name = get_tokenizer(base).name
     if meta["tokenizer"] != name:
