@@ -12,6 +12,7 @@ tokenized dataset, or pretrain a small GPT-2 from scratch.
     torchrun --standalone --nproc_per_node=4 train.py # DistributedDataParallel on 4 GPUs
 """
 
+import gc
 import hashlib
 import json
 import math
@@ -425,7 +426,11 @@ if ddp:
     all_gather_object(digests, digest)
     if master:
         print(f"all {world_size} ranks hold identical trainable tensors: {len(set(digests)) == 1}")
-    barrier()  # no rank tears the group down while another still uses it (gloo aborts at exit otherwise)
+    # the DDP wrapper holds the group (its reducer, its threads): drop it first, then let no rank
+    # tear the group down while another still uses it (gloo aborts at exit otherwise)
+    model = None
+    gc.collect()
+    barrier()
     destroy_process_group()
 if master:
     print(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}; checkpoint in {out_dir}")

@@ -136,12 +136,17 @@ def test_resume_replays_exactly(tiny101, chain, tmp_path, method):
 
 
 def test_two_process_torchrun(tiny101, chain, tmp_path):
-    out = run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *FAST,
-              f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path}", "--max_iters=6",
-              "--eval_interval=3", "--gradient_accumulation_steps=2", "--lora_dropout=0.1")
+    for attempt in range(2):
+        out = run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *FAST,
+                  f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path / str(attempt)}", "--max_iters=6",
+                  "--eval_interval=3", "--gradient_accumulation_steps=2", "--lora_dropout=0.1")
+        # now and then a gloo thread aborts a process in its teardown, after the training (a PyTorch
+        # bug seen in CI even with train.py's ordered teardown): that one failure gets one retry
+        if not (out.returncode and "terminate called without an active exception" in out.stderr):
+            break
     assert out.returncode == 0, out.stderr[-3000:]
     assert "all 2 ranks hold identical trainable tensors: True" in out.stdout
-    assert os.path.exists(tmp_path / "adapter.safetensors")
+    assert os.path.exists(tmp_path / str(attempt) / "adapter.safetensors")
 
 
 # ----------------------------------------------------------------------------- sampling
