@@ -499,7 +499,10 @@ def attention_maps(model, idx, rows=None):
                 k = k.view(B, T, m.n_kv_head, m.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
                 if rope is not None:
                     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-                plain[i] = causal_softmax(q, k)[:, :, rows]
+                if rows.stop is None and rows.step is None:  # the last rows: only their queries (causal_softmax aligns them at the end)
+                    plain[i] = causal_softmax(q[:, :, rows], k)
+                else:
+                    plain[i] = causal_softmax(q, k)[:, :, rows]
             hooks.append(attn.register_forward_hook(hook))
     try:
         model(idx)
@@ -515,15 +518,16 @@ def attention_maps(model, idx, rows=None):
 
 def attention_regions(T, needle=None, query=None):
     """Disjoint boolean masks (T,) over key positions that together cover all T: 'first' (the
-    first token, where much attention sinks), 'needle' and 'query' (token ranges [start, end)),
-    'rest'. Summing a map's row over each region splits its mass the way the paper's analysis does."""
+    first token, where much attention sinks), 'needle' and 'query' (token ranges [start, end),
+    the needle also a list of them), 'rest'. Summing a map's row over each region splits its
+    mass the way the paper's analysis does."""
     regions = {"first": torch.zeros(T, dtype=torch.bool)}
     regions["first"][0] = True
     taken = regions["first"].clone()
-    for name, span in (("needle", needle), ("query", query)):
+    for name, spans in (("needle", needle), ("query", query)):
         m = torch.zeros(T, dtype=torch.bool)
-        if span is not None:
-            m[span[0]:span[1]] = True
+        for start, end in [] if spans is None else [spans] if isinstance(spans[0], int) else spans:
+            m[start:end] = True
         regions[name] = m & ~taken
         taken |= regions[name]
     regions["rest"] = ~taken

@@ -201,6 +201,7 @@ if "tokenizer" in meta and not prepare:  # (a dataset this project prepares has 
                          f"{meta.get('base', 'gpt2')}), but the base {base} uses {name}: prepare the data for it, e.g. "
                          f"python data/needle/prepare.py --tokenizer={base} --out_dir=NEW_FOLDER, and pass --dataset=NEW_FOLDER")
 example_tokens = meta.get("example_tokens")
+has_mask = {split: os.path.exists(os.path.join(data_dir, f"{split}_mask.bin")) for split in ("train", "val")}
 if example_tokens and example_tokens != block_size + 1:
     raise SystemExit(f"error: {data_dir} holds examples of {example_tokens} tokens; set --block_size={example_tokens - 1}")
 
@@ -219,9 +220,8 @@ def get_batch(split, ix=None):
         ix = window_starts(len(data), (batch_size,))
     x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
     y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
-    mask_path = os.path.join(data_dir, f"{split}_mask.bin")
-    if os.path.exists(mask_path):
-        mask = np.memmap(mask_path, dtype=np.uint8, mode="r")
+    if has_mask[split]:
+        mask = np.memmap(os.path.join(data_dir, f"{split}_mask.bin"), dtype=np.uint8, mode="r")
         keep = torch.stack([torch.from_numpy(mask[i + 1:i + 1 + block_size].astype(np.bool_)) for i in ix])
         y = y.masked_fill(~keep, -1)
     if device_type == "cuda":
@@ -289,14 +289,24 @@ def get_lr(it):
 
 @torch.no_grad()
 def estimate_loss():
+    """Mean loss of the fixed eval windows per split; on data of whole examples with a mask
+    (needle data), also val_exact: the fraction of val examples whose every counted target is
+    the argmax, i.e. that greedy decoding answers right."""
     model.eval()
-    out = {}
+    out, hits = {}, []
     for split in ("train", "val"):
         losses = []
         for ix in eval_ix[split]:
+            x, y = get_batch(split, ix)
             with ctx:
-                losses.append(model(*get_batch(split, ix))[1].item())
+                logits, loss = model(x, y)  # logits (N, vocab) of the counted targets, row by row
+            losses.append(loss.item())
+            if split == "val" and example_tokens and has_mask["val"]:
+                right = (logits.argmax(-1) == y[y != -1]).split((y != -1).sum(1).tolist())  # per example
+                hits += [bool(r.all()) for r in right]
         out[split] = sum(losses) / len(losses)
+    if hits:
+        out["val_exact"] = sum(hits) / len(hits)
     model.train()
     return out
 
@@ -369,6 +379,7 @@ while True:
         if master:
             lams = lambdas()
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                  + (f", val exact {losses['val_exact']:.3f}" if "val_exact" in losses else "")
                   + (f", lambda {lams}" if method == "difflora" else ""))
             metrics["eval"].append({"iter": iter_num, **losses, "lambda": lams})
             improved = losses["val"] < best_val_loss

@@ -15,7 +15,7 @@ from difflora import DiffLoRAConfig, apply_difflora, apply_lora, LoRAConfig, att
 from model import GPT
 
 sys.path.insert(0, os.path.join(ROOT, "data", "needle"))
-from needle import make_example  # noqa: E402
+from needle import eval_seed, make_example  # noqa: E402
 
 enc = tiktoken.get_encoding("gpt2")
 
@@ -37,6 +37,30 @@ def test_needle_examples_are_deterministic_and_exact():
     assert text.count("The secret code of") == 4 + 1  # four needles and the answer's prefix
     with pytest.raises(ValueError, match="cannot hold"):
         make_example(enc, 0, 20, 3, 0.5)
+
+
+def test_multikey_and_multivalue_examples():
+    ex = make_example(enc, 4, 300, 5, 0.5, kind="multikey")
+    text = enc.decode(ex["tokens"])
+    adjective, noun = ex["key"].split(" ")
+    assert text.count(f" {noun} is ") == 5 + 1  # five confusable needles and the answer's prefix
+    assert text.endswith(f"what is the secret code of {ex['key']}?\nAnswer: The secret code of {ex['key']} is {ex['value']}")
+    s, e = ex["needle"]
+    assert enc.decode(ex["tokens"][s:e]) == f" The secret code of {ex['key']} is {ex['value']}."
+    assert len(ex["wrong"]) == 4 and all(enc.decode(w)[1:] != ex["value"] for w in ex["wrong"])
+    ex = make_example(enc, 4, 300, 5, 0.5, kind="multivalue", values=3)
+    codes = ex["value"].split(", ")
+    assert len(codes) == 3 and len(ex["spans"]) == 3 and ex["needle"] in ex["spans"]
+    # the answer lists the asked key's codes in the order the needles appear
+    assert [enc.decode(ex["tokens"][s:e]) for s, e in ex["spans"]] == [f" The secret code of {ex['key']} is {c}." for c in codes]
+    assert enc.decode(ex["tokens"]).endswith(f"codes of {ex['key']}?\nAnswer: The secret codes of {ex['key']} are {ex['value']}")
+    assert len(ex["tokens"]) == 300 and enc.decode(ex["tokens"][ex["answer_start"]:]) == " " + ex["value"]
+    wrong = [enc.decode(w)[1:].split(", ") for w in ex["wrong"]]
+    assert len(wrong) == 3 * 2 and all(sum(a != b for a, b in zip(w, codes)) == 1 for w in wrong)  # one code swapped
+    with pytest.raises(ValueError, match="n_needles must be in 3..30 for multivalue"):
+        make_example(enc, 0, 300, 2, 0.5, kind="multivalue")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        make_example(enc, 0, 300, 2, 0.5, kind="multi")
 
 
 @pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
@@ -139,7 +163,7 @@ def test_eval_needle_runs_and_reports(trained_50k, tmp_path):
               "--depths=0,1", "--examples=2", "--needles=2", f"--out={png}")
     assert out.returncode == 0, out.stderr
     assert png.exists()
-    assert out.stdout.count("exact match by context length") == 2
+    assert out.stdout.count("exact match by row and needle depth") == 2
     masses = [line for line in out.stdout.splitlines() if line.startswith("attention mass")]
     assert len(masses) == 2
     values = [float(v.split()[-1]) for v in masses[0].split(": ")[1].split(", ")]
@@ -154,14 +178,44 @@ def test_eval_needle_joins_runs_into_mean_and_spread(trained_50k, tmp_path):
               "--depths=0,1", "--examples=2", "--needles=2", f"--out={tmp_path / 'n.png'}")
     assert out.returncode == 0, out.stderr
     table = open(tmp_path / "n.txt").read()
-    assert table.startswith("# python eval_needle.py --models=") and "chance: 1/2 = 0.50" in table
-    rows = [line.split() for line in table.splitlines() if line.strip().startswith(("48 ", "64 "))]
+    assert table.startswith("# python eval_needle.py --models=") and "(1/2 = 0.50 at 2 needles)" in table
+    rows = [line.split() for line in table.splitlines() if line.startswith("single ")]
     single_a, single_b, joined = rows[0:2], rows[2:4], rows[4:6]
-    assert "mean of 2 runs" in table and "runs (low-high)" in table
+    assert "mean of 2 runs" in table and len(joined[0]) == 11  # kind needles length 2 depths exact runs loss runs margin runs
     for a, b, j in zip(single_a, single_b, joined):
-        cells = [(float(x) + float(y)) / 2 for x, y in zip(a[1:4], b[1:4])]
-        assert [float(v) for v in j[1:4]] == pytest.approx(cells, abs=0.006)  # 2-decimal table
-        assert j[4] == f"{min(float(a[3]), float(b[3])):.2f}-{max(float(a[3]), float(b[3])):.2f}"
+        for col_a, col_j in ((3, 3), (4, 4), (5, 5), (6, 7), (7, 9)):  # the depths, exact, loss, margin
+            assert float(j[col_j]) == pytest.approx((float(a[col_a]) + float(b[col_a])) / 2, abs=0.006)
+        assert j[6] == f"{min(float(a[5]), float(b[5])):.2f}..{max(float(a[5]), float(b[5])):.2f}"
+        assert j[8] == f"{min(float(a[6]), float(b[6])):.3f}..{max(float(a[6]), float(b[6])):.3f}"
+
+
+def test_eval_needle_measures_equal_greedy_decoding_and_full_passes(trained_50k, tmp_path):
+    """exact, loss and margin come from one cached pass over the prompt and one per candidate:
+    here they are recomputed naively, by generate() and by a full uncached pass per candidate."""
+    from difflora import load_trained
+    out = run(sys.executable, "eval_needle.py", f"--models={trained_50k[1]}", "--kinds=single,multikey,multivalue",
+              "--needles=3", "--values=2", "--lengths=64", "--depths=0.5", "--examples=3", "--attn_examples=1",
+              f"--out={tmp_path / 'n.png'}", "--device=cpu")
+    assert out.returncode == 0, out.stderr
+    cells = json.load(open(tmp_path / "n.json"))["entries"][trained_50k[1]]["cells"][0]
+    assert [c["kind"] for c in cells] == ["single", "multikey", "multivalue"]
+    model = load_trained(trained_50k[1]).eval()
+
+    def logprob(prompt, answer):
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([prompt + answer]))
+        lp = logits[0, len(prompt) - 1:-1].log_softmax(-1)  # (A, vocab)
+        return lp[torch.arange(len(answer)), torch.tensor(answer)].sum().item()
+
+    for c in cells:
+        for i in range(3):
+            ex = make_example(enc, eval_seed(1, c["kind"], 3, 64, 0.5, i), 64, 3, 0.5, kind=c["kind"], values=2)
+            prompt, answer = ex["tokens"][:ex["answer_start"]], ex["tokens"][ex["answer_start"]:]
+            greedy = model.generate(torch.tensor([prompt]), len(answer), temperature=0)[0, len(prompt):].tolist()
+            assert c["exact"][i] == float(greedy == answer)
+            right = logprob(prompt, answer)
+            assert c["loss"][i] == pytest.approx(-right / len(answer), abs=1e-4)
+            assert c["margin"][i] == pytest.approx(right - max(logprob(prompt, w) for w in ex["wrong"]), abs=1e-3)
 
 
 def test_bench_prints_every_column():
@@ -184,3 +238,40 @@ def test_bench_prints_every_column():
     gen = next(line for line in lines if line.startswith("our cached generation"))  # transformers is installed here
     assert "over 3 pairs" in gen and "same tokens as transformers: True" in out.stdout
     assert any(line.split()[:1] == ["difflora"] and line.endswith("x") for line in lines)  # cached vs uncached
+
+
+def test_report_tabulates_curves_lambda_and_general_loss(trained_50k, tmp_path):
+    base, adapter = trained_50k
+    text = tmp_path / "text"
+    text.mkdir()
+    np.random.default_rng(3).integers(0, 50257, 3000).astype(np.uint16).tofile(text / "val.bin")
+    out = run(sys.executable, "report.py", f"--runs={adapter}+{adapter}", "--steps=0,3", f"--text={text}",
+              "--text_windows=3", "--text_tokens=32", f"--out={tmp_path / 'r'}", "--device=cpu")
+    assert out.returncode == 0, out.stderr
+    metrics = json.load(open(os.path.join(adapter, "metrics.json")))["eval"]
+    curves = open(tmp_path / "r" / "curves.txt").read()
+    assert curves.startswith("# python report.py --runs=")
+    rows = [line.split() for line in curves.splitlines() if line.split()[:1] in (["0"], ["3"])]
+    assert [float(r[1]) for r in rows] == pytest.approx([metrics[0]["val"], metrics[-1]["val"]], abs=1e-4)
+    assert all(r[2] == f"({r[1]}..{r[1]})" for r in rows)  # the same run twice: no spread
+    lam = [line.split() for line in open(tmp_path / "r" / "lambda.txt") if line.split()[:1] in (["0"], ["1"])]
+    assert [float(r[1]) for r in lam] == pytest.approx(metrics[-1]["lambda"], abs=1e-3)
+    # the general-text loss, recomputed: mean over 3 evenly spread windows of 32 tokens
+    from difflora import load_trained
+    tokens = np.fromfile(text / "val.bin", dtype=np.uint16).astype(np.int64)
+    expected = {}
+    for name in (base, adapter):
+        model = load_trained(name).eval()
+        losses = []
+        for s in np.linspace(0, len(tokens) - 33, 3).astype(np.int64):
+            with torch.no_grad():
+                losses.append(model(torch.from_numpy(tokens[s:s + 32])[None], torch.from_numpy(tokens[s + 1:s + 33])[None])[1].item())
+        expected[name] = sum(losses) / 3
+    general = open(tmp_path / "r" / "general.txt").read().splitlines()
+    assert float(next(line for line in general if line.startswith(base)).split()[1]) == pytest.approx(expected[base], abs=1e-4)
+    after = next(line for line in general if line.startswith(adapter)).split()
+    assert float(after[3]) == pytest.approx(expected[adapter], abs=1e-4)  # path (+1 runs) loss (low..high) change ...
+    assert float(after[5]) == pytest.approx(expected[adapter] - expected[base], abs=2e-4)
+    assert (tmp_path / "r" / "curves.png").exists() and (tmp_path / "r" / "report.json").exists()
+    out = run(sys.executable, "report.py", f"--runs={adapter}", "--steps=0,2", "--text=")
+    assert out.returncode == 1 and "has no evaluation at iteration 2" in out.stderr

@@ -300,7 +300,7 @@ def test_attention_eval_needle_and_induction_on_a_llama_base(trained_llama, tmp_
     out = run(sys.executable, "eval_needle.py", f"--models={base},{run_dir}", "--lengths=160,200", "--depths=0,1",
               "--examples=2", "--needles=2", f"--out={tmp_path / 'needle.png'}", "--device=cpu")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("exact match by context length") == 2
+    assert out.stdout.count("exact match by row and needle depth") == 2
     out = run(sys.executable, "eval_needle.py", f"--models={run_dir}", "--lengths=300")
     assert out.returncode == 1 and "longer than" in out.stderr and "context of 256" in out.stderr
     out = run(sys.executable, "induction.py", f"--model={run_dir}", "--dataset=all", "--seq_lens=4,16", "--n_seq=4")

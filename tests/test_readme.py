@@ -35,7 +35,7 @@ def settings(args):
 
 
 def is_run(name):
-    return os.path.basename(name.rstrip("/")).startswith("out")
+    return any(part.startswith("out") for part in name.rstrip("/").split("/"))  # out-needle-lora, out-lab/lora-s1
 
 
 def reads_and_writes(cmd):
@@ -58,6 +58,8 @@ def reads_and_writes(cmd):
         return [s.get("out_dir", default(script, "out_dir"))], None
     if script == "eval_needle.py":
         return [m for entry in s.get("models", "").split(",") for m in entry.split("+") if is_run(m)], None
+    if script == "report.py":
+        return [m for entry in s.get("runs", "").split(",") for m in entry.split("+") if is_run(m)], None
     if script == "induction.py":
         return [s["model"]] if is_run(s.get("model", "")) else [], None
     return [], None

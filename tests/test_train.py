@@ -70,6 +70,32 @@ def test_answer_mask_turns_targets_into_minus_one(tiny101, chain, tmp_path):
             assert y[row, j].item() == (tokens[target_pos].item() if target_pos % 4 == 0 else -1)
 
 
+def test_val_exact_counts_examples_whose_every_answer_token_is_the_argmax(tiny101, chain, tmp_path):
+    """On data of whole examples (meta.json example_tokens) with a mask, train.py's val_exact is
+    the fraction of the fixed val examples that greedy decoding answers right: recomputed here
+    from full logits, example by example."""
+    data = tmp_path / "examples"
+    data.mkdir()
+    for split in ("train", "val"):
+        tokens = np.fromfile(os.path.join(chain, f"{split}.bin"), dtype=np.uint16)[:33 * 100]
+        tokens.tofile(data / f"{split}.bin")
+        (np.arange(len(tokens)) % 33 >= 29).astype(np.uint8).tofile(data / f"{split}_mask.bin")  # a 4-token "answer"
+    json.dump({"example_tokens": 33}, open(data / "meta.json", "w"))
+    g = train(f"--init_from={tiny101}", f"--dataset={data}", f"--out_dir={tmp_path / 'out'}", "--max_iters=150",
+              "--eval_interval=150", "--method=full", "--batch_size=8", "--log_interval=50")
+    ev = g["metrics"]["eval"][-1]
+    model = g["raw_model"].eval()
+    tokens = torch.from_numpy(np.fromfile(data / "val.bin", dtype=np.uint16).astype(np.int64))
+    hits = []
+    for start in g["eval_ix"]["val"].flatten().tolist():
+        assert start % 33 == 0  # windows start at example boundaries
+        with torch.no_grad():
+            logits, _ = model(tokens[start:start + 32][None])  # (1, 32, vocab)
+        hits.append(bool((logits[0, 28:].argmax(-1) == tokens[start + 29:start + 33]).all()))
+    assert ev["val_exact"] == sum(hits) / len(hits)
+    assert 0 < sum(hits) < len(hits)  # neither all nor none: the count means something
+
+
 # ----------------------------------------------------------------------------- training
 
 @pytest.mark.parametrize("method", ["difflora", "difflora+v+o", "lora", "full"])
