@@ -16,7 +16,7 @@ from conftest import ROOT, make_hf_model, run, train
 from difflora import load_trained
 from model import GPT
 
-SCRIPTS = ["train.py", "sample.py", "attention.py", "eval_needle.py", "bench.py", "induction.py"]
+SCRIPTS = ["train.py", "sample.py", "attention.py", "eval_needle.py", "bench.py", "induction.py", "report.py"]
 PREPARE = ["data/shakespeare/prepare.py", "data/needle/prepare.py", "data/shakespeare_copy/prepare.py"]
 
 
@@ -114,7 +114,13 @@ BAD = [  # (script, arguments, what the one line must say)
     ("attention.py", ["--head=-1"], "setting 'head' is -1"),
     ("eval_needle.py", ["--lengths=long"], "setting 'lengths' is 'long'"),
     ("eval_needle.py", ["--depths=0,2"], "setting 'depths' is '0,2'"),
-    ("eval_needle.py", ["--needles=0"], "setting 'needles' is 0"),
+    ("eval_needle.py", ["--needles=0"], "setting 'needles' is '0'"),
+    ("eval_needle.py", ["--kinds=multi"], "setting 'kinds' is 'multi'; allowed: single, multikey, multivalue"),
+    ("eval_needle.py", ["--kinds=multivalue", "--needles=2"], "at least values=3 with multivalue"),
+    ("eval_needle.py", ["--attn_examples=20"], "setting 'attn_examples' is 20"),
+    ("report.py", ["--runs="], "setting 'runs' is ''"),
+    ("report.py", ["--runs=out-x", "--steps=ten"], "setting 'steps' is 'ten'"),
+    ("report.py", ["--runs=./no/such/run"], "'./no/such/run' holds no finished train.py adapter run"),
     ("eval_needle.py", ["--models=./no/such/run"], "no folder './no/such/run'"),
     ("bench.py", ["--methods=lora,dora"], "setting 'methods' is 'lora,dora'"),
     ("bench.py", ["--seq_lens=0"], "setting 'seq_lens' is '0'"),
@@ -137,6 +143,9 @@ def test_a_bad_value_gets_one_line(script, args, says, tmp_path):
 @pytest.mark.parametrize("script,args,says", [
     ("data/needle/prepare.py", ["--needles=99"], "n_needles must be in 1..30"),
     ("data/needle/prepare.py", ["--tokens=20"], "cannot hold"),
+    ("data/needle/prepare.py", ["--needles=6-3"], "the range 6-3 is empty"),
+    ("data/needle/prepare.py", ["--kinds=single,multi"], "--kinds must be a comma-separated list of single, multikey"),
+    ("data/needle/prepare.py", ["--kinds=multivalue", "--needles=2-5"], "n_needles must be in 3..30 for multivalue"),
     ("data/shakespeare/prepare.py", ["--input=no_such.txt"], "--input no_such.txt does not exist"),
     ("data/shakespeare_copy/prepare.py", ["--copy_fraction=1.5"], "--copy_fraction must be in [0, 1)"),
     ("data/shakespeare_copy/prepare.py", ["--tokens=3"], "unrecognized arguments: --tokens=3"),
