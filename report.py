@@ -168,15 +168,16 @@ fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), layout="constrained
 for entry in entries:
     rows = report["entries"][entry]["curve"]
     label = entry.split("+")[0].rstrip("/").split("/")[-1] + (f" (+{entry.count('+')})" if "+" in entry else "")
+    colour = f"C{entries.index(entry)}"  # one colour per entry in every panel
     for ax, key in zip(axes, ("val", "val_exact")):
         if rows[0][key] is None:
             continue
         ys = np.array([r[key] for r in rows])  # (steps, runs)
-        line, = ax.plot(step_list, ys.mean(1), "o-", label=label)
-        ax.fill_between(step_list, ys.min(1), ys.max(1), color=line.get_color(), alpha=0.2)
+        ax.plot(step_list, ys.mean(1), "o-", color=colour, label=label)
+        ax.fill_between(step_list, ys.min(1), ys.max(1), color=colour, alpha=0.2)
     if entry in diff:
         lam = np.array(report["entries"][entry]["lambda"])  # (runs, layers)
-        axes[2].plot(lam.mean(0), "o-", label=label)
+        axes[2].plot(lam.mean(0), "o-", color=colour, label=label)
 axes[0].set(xlabel="step", ylabel="val loss (nats per answer token)", yscale="log", title="answer loss")
 axes[1].set(xlabel="step", ylabel="val exact match", ylim=(-0.02, 1.02), title="exact match (greedy)")
 if diff:

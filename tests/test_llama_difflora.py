@@ -246,6 +246,24 @@ def test_training_on_a_llama_base(llama_tiny, chain, tmp_path, method):
     assert out.stdout.startswith("The secret code")
 
 
+@pytest.mark.parametrize("configs", [["config/lab/train.py"], ["config/lab/train.py", "config/lab/negative.py"],
+                                     ["config/lab/train.py", "config/train_lora.py"],
+                                     ["config/lab/train.py", "config/lab/gpu.py", "config/lab/negative.py"]])
+def test_lab_configs_train_the_methods_at_one_budget(llama_tiny, chain, tmp_path, configs):
+    """The lab's config stacks run (on a tiny Llama, the sizes overridden) and train what they
+    say: DiffLoRA both terms at r, its negative term alone at 2r, LoRA on Q, K at 2r, each the
+    same number of adapter parameters (lambda vectors aside)."""
+    g = train(*configs, f"--init_from={llama_tiny[0]}", f"--dataset={chain}", f"--out_dir={tmp_path}", "--max_iters=2",
+              "--eval_interval=2", "--eval_iters=1", "--block_size=32", "--batch_size=2", "--gradient_accumulation_steps=1",
+              "--lora_rank=4" if configs == ["config/lab/train.py"] else "--lora_rank=8")
+    adapters = sum(p.numel() for n, p in g["raw_model"].named_parameters() if p.requires_grad and "lambda" not in n)
+    c = g["raw_model"].config
+    q, kv = c.n_head * c.head_dim, c.n_kv_head * c.head_dim  # the widths of Q and K
+    assert adapters == c.n_layer * 8 * ((c.n_embd + q) + (c.n_embd + kv))  # rank 8 on Q and K, or 4 on Q1, K1, Q2, K2
+    assert g["variant"] == ("negative" if "config/lab/negative.py" in configs else "both")
+    assert g["method"] == ("lora" if "config/train_lora.py" in configs else "difflora")
+
+
 @pytest.mark.parametrize("method", ["difflora", "lora"])
 def test_resume_on_a_llama_base_replays_exactly(llama_tiny, chain, tmp_path, method):
     common = [f"--init_from={llama_tiny[0]}", f"--dataset={chain}", f"--method={method}", "--lr_decay_iters=12",

