@@ -46,6 +46,7 @@ check(text_windows >= 1 and text_tokens >= 2, "text_windows", text_windows, "an 
 device = resolve_device(device)[0]
 entries = runs.split(",")
 command = f"# python report.py {' '.join(sys.argv[1:])}"
+started = time.time()
 
 
 def mean(xs):
@@ -186,4 +187,4 @@ for ax in axes:
     ax.legend(fontsize=7)
 fig.savefig(os.path.join(out, "curves.png"), dpi=100)
 print(f"wrote curves.txt, {'lambda.txt, ' if diff else ''}{'general.txt, ' if text else ''}report.json and curves.png "
-      f"in {out}")
+      f"in {out} ({(time.time() - started) / 60:.1f} min)")

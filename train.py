@@ -444,4 +444,5 @@ if ddp:
     barrier()
     destroy_process_group()
 if master:
-    print(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}; checkpoint in {out_dir}")
+    print(f"done: {iter_num} iterations in {(time.time() - run_start) / 60:.1f} min, best val loss {best_val_loss:.4f}; "
+          f"checkpoint in {out_dir}")

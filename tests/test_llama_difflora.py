@@ -2,6 +2,7 @@
 keys) against the equations, and train.py / sample.py end to end on a tiny Llama base; on the
 real SmolLM2 GGUF, the preserving init and a short run."""
 
+import json
 import math
 import os
 import sys
@@ -324,6 +325,40 @@ def test_attention_eval_needle_and_induction_on_a_llama_base(trained_llama, tmp_
     out = run(sys.executable, "induction.py", f"--model={run_dir}", "--dataset=all", "--seq_lens=4,16", "--n_seq=4")
     assert out.returncode == 0, out.stderr
     assert "ln 381 = " in out.stdout  # 384 ids less the 3 special tokens
+
+
+def test_eval_needle_measures_equal_greedy_decoding_and_full_passes(trained_llama, tmp_path):
+    """exact, loss and margin come from one cached pass over the prompt and one per candidate
+    (here a DiffLoRA run on a Llama base: RoPE, grouped-query keys, the cache of k1, k2, v):
+    recomputed naively, by generate() and by a full uncached pass per candidate."""
+    from difflora import load_trained
+    from tokenizer import get_tokenizer
+    sys.path.insert(0, os.path.join(ROOT, "data", "needle"))
+    from needle import eval_seed, make_example
+    out = run(sys.executable, "eval_needle.py", f"--models={trained_llama[1]}", "--kinds=single,multikey,multivalue",
+              "--needles=3", "--values=2", "--lengths=250", "--depths=0.5", "--examples=3", "--attn_examples=1",
+              f"--out={tmp_path / 'n.png'}", "--device=cpu")
+    assert out.returncode == 0, out.stderr
+    cells = json.load(open(tmp_path / "n.json"))["entries"][trained_llama[1]]["cells"][0]
+    assert [c["kind"] for c in cells] == ["single", "multikey", "multivalue"]
+    model = load_trained(trained_llama[1]).eval()
+    enc = get_tokenizer(model.name_or_path)
+
+    def logprob(prompt, answer):
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([prompt + answer]))
+        lp = logits[0, len(prompt) - 1:-1].log_softmax(-1)  # (A, vocab)
+        return lp[torch.arange(len(answer)), torch.tensor(answer)].sum().item()
+
+    for c in cells:
+        for i in range(3):
+            ex = make_example(enc, eval_seed(1, c["kind"], 3, 250, 0.5, i), 250, 3, 0.5, kind=c["kind"], values=2)
+            prompt, answer = ex["tokens"][:ex["answer_start"]], ex["tokens"][ex["answer_start"]:]
+            greedy = model.generate(torch.tensor([prompt]), len(answer), temperature=0)[0, len(prompt):].tolist()
+            assert c["exact"][i] == float(greedy == answer)
+            right = logprob(prompt, answer)
+            assert c["loss"][i] == pytest.approx(-right / len(answer), abs=1e-4)
+            assert c["margin"][i] == pytest.approx(right - max(logprob(prompt, w) for w in ex["wrong"]), abs=1e-3)
 
 
 def test_bench_on_the_llama_family():

@@ -117,7 +117,7 @@ BAD = [  # (script, arguments, what the one line must say)
     ("eval_needle.py", ["--needles=0"], "setting 'needles' is '0'"),
     ("eval_needle.py", ["--kinds=multi"], "setting 'kinds' is 'multi'; allowed: single, multikey, multivalue"),
     ("eval_needle.py", ["--kinds=multivalue", "--needles=2"], "at least values=3 with multivalue"),
-    ("eval_needle.py", ["--attn_examples=20"], "setting 'attn_examples' is 20"),
+    ("eval_needle.py", ["--attn_examples=-1"], "setting 'attn_examples' is -1"),
     ("report.py", ["--runs="], "setting 'runs' is ''"),
     ("report.py", ["--runs=out-x", "--steps=ten"], "setting 'steps' is 'ten'"),
     ("report.py", ["--runs=./no/such/run"], "'./no/such/run' holds no finished train.py adapter run"),
