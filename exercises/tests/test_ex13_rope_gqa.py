@@ -2,17 +2,12 @@
 tests, of the Llama family (RoPE, grouped-query keys: tests/test_llama_difflora.py) and of
 GPT-2 (tests/test_difflora.py), run with your layer in place of the project's."""
 
-import os
-import subprocess
-import sys
-
 import torch
 
 from ex13_rope_gqa import repeat_heads, rotate
 from model import apply_rope, rope_cos_sin
+from swap_layer import run_project_tests_with
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # exercises/
-ROOT = os.path.dirname(HERE)
 
 LLAMA_TESTS = ["layer_matches_naive_equations_with_rope_and_gqa", "fused_and_explicit_paths_agree",
                "preserve_init_equals_base", "kv_cache_generation_equals_uncached", "merge_keeps_the_logits",
@@ -66,15 +61,5 @@ def test_repeat_heads_serves_each_group_from_its_head():
 
 def test_project_layer_tests_pass_with_your_layer():
     rotate(torch.zeros(1, 1, 1, 2), torch.ones(1, 2), torch.zeros(1, 2))  # not written yet: NotImplementedError here
-    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "swap_layer", "-p", "no:cacheprovider",
-           os.path.join("tests", "test_llama_difflora.py"), os.path.join("tests", "test_difflora.py"),
-           "-k", " or ".join(sorted(set(LLAMA_TESTS + GPT2_TESTS)))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]),
-           "EXERCISE_LAYER": "ex13_rope_gqa"}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    log = out.stdout + out.stderr
-    if "NotImplementedError" in log:  # report it as what it is: something still to write
-        raise NotImplementedError("exercise 13 (or one of the exercises 3-6 it uses) is not written yet:\n" + log[-2000:])
-    assert "DiffLoRA layers are ex13_rope_gqa.DiffAttention" in log and os.environ["EXERCISES_FOLDER"] in log, log[-2000:]
-    assert out.returncode == 0, log[-4000:]
-    assert " failed" not in log and " passed" in log
+    run_project_tests_with("ex13_rope_gqa", 13, ["test_llama_difflora.py", "test_difflora.py"],
+                           sorted(set(LLAMA_TESTS + GPT2_TESTS)))
