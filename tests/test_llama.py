@@ -258,18 +258,52 @@ def test_tokenizer_json_equals_transformers(form, tmp_path):
     from transformers import PreTrainedTokenizerFast
     make_tokenizer(tmp_path, form)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    ref = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    ref = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
     ours = get_tokenizer(str(tmp_path))
     for text in (EDGE_TEXT, SPACES_BEFORE_DIGITS, shakespeare()[:200_000]):
         assert ours.encode(text, allowed_special="all") == ref.encode(text, add_special_tokens=False)
         assert ours.prompt(text) == ref.encode(text)  # with the bos of Llama 3's post-processor
         assert ours.decode(ours.encode_ordinary(text[:5000])) == ref.decode(ref.encode(text[:5000], add_special_tokens=False))
-    assert (ours.bos is None) == (form == "smollm2") and ours.chat == ("chatml" if form == "smollm2" else "llama3")
+    assert (ours.bos is None) == (form == "smollm2") and ours.chat_format == ("chatml" if form == "smollm2" else "llama3")
     template = json.load(open(tmp_path / "tokenizer_config.json"))["chat_template"]
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12 + 30?"}]
     want = ref.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=True)
     want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
     assert ours.chat_prompt("What is 12 + 30?", system="Be brief.") == list(want)
+
+
+CHATS = [[{"role": "user", "content": "What is 12 + 30?"}, {"role": "assistant", "content": "  42, said 7 of them.\n"},
+          {"role": "user", "content": "\nAnd 5 * 5?  "}, {"role": "assistant", "content": "25"}],
+         [{"role": "system", "content": " Be brief. "}, {"role": "user", "content": "Hello"},
+          {"role": "assistant", "content": "Hi! <|im_end|> is not the end."}]]
+
+
+@pytest.mark.parametrize("form,template", [("smollm2", "CHATML"), ("smollm2", "SMOLLM2_CHAT"), ("llama3", "LLAMA3_CHAT"),
+                                           ("llama3", "LLAMA32_CHAT")])
+def test_chat_equals_apply_chat_template(form, template, tmp_path):
+    """Tokenizer.chat renders whole conversations as transformers' apply_chat_template does
+    (ChatML with and without a default system turn; Llama 3 and Llama 3.2 with its date
+    preamble), token for token, and its mask covers exactly each assistant content (stripped
+    where the template strips it) and the token that ends its turn."""
+    import conftest
+    from transformers import PreTrainedTokenizerFast
+    make_tokenizer(tmp_path, form, chat_template=getattr(conftest, template))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    ref = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+    enc = get_tokenizer(str(tmp_path))
+    assert (enc.preamble is not None) == (template == "LLAMA32_CHAT")
+    end = "<|im_end|>" if form == "smollm2" else "<|eot_id|>"
+    for messages in CHATS:
+        for generation_prompt in (False, True):
+            want = ref.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True,
+                                           date_string="26 Jul 2024")
+            want = want["input_ids"] if hasattr(want, "keys") else want
+            ids, mask = enc.chat(messages, generation_prompt=generation_prompt)
+            assert ids == list(want) and len(mask) == len(ids)
+        answers = [m["content"] if form == "smollm2" else m["content"].strip() for m in messages if m["role"] == "assistant"]
+        counted = [i for i, m in zip(ids, mask) if m]
+        assert enc.decode(counted) == "".join(a + end for a in answers)
+        assert counted.count(enc.encode(end, allowed_special="all")[0]) == len(answers) + answers[-1].count(end)
 
 
 def test_tokenizer_errors(tmp_path):
@@ -391,7 +425,7 @@ def test_smollm2_tokenizer_equals_transformers(smollm2):
     which changes a run of spaces before a digit, and a space before a digit outside 0-9 (٣, ²).
     There ours equals the hub's form."""
     _, ours, _, ref = smollm2
-    assert ours.chat == "chatml" and ours.bos is None and ours.eos == 0 and ours.vocab_size == 49152
+    assert ours.chat_format == "chatml" and ours.bos is None and ours.eos == 0 and ours.vocab_size == 49152
     text = shakespeare()
     assert ours.encode_ordinary(text) == ref.encode(text, add_special_tokens=False)
     plain_digits = EDGE_TEXT.replace(" ١٢٣ ٤, ²³", "")  # a space before a digit that is not 0-9 differs too (see below)
