@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -242,6 +243,7 @@ class GPT(nn.Module):
         self.config = config
         self.name_or_path = None  # set by from_pretrained; adapter files record it
         self.adapter = None  # (method, config) once difflora.py has converted the model
+        self.gradient_checkpointing = False  # train.py's setting: trade a second forward pass of each block for memory
         modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
         if config.pos == "learned":
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
@@ -298,7 +300,12 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache.layers[i] if cache is not None else None, rope)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only the block's input; its activations are recomputed in the backward pass
+                # (with the same dropout masks: the RNG state is saved and restored)
+                x = checkpoint(block, x, None, rope, use_reentrant=False)
+            else:
+                x = block(x, cache.layers[i] if cache is not None else None, rope)
         if cache is not None:
             cache.pos += T
         x = self.transformer.ln_f(x)  # (B, T, C)

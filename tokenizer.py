@@ -122,8 +122,10 @@ class Tokenizer(tiktoken.Encoding):
             if counted:
                 mask[(starts >= at) & (starts < at + size)] = 1
             at += size
-        keep = [i not in self.absent for i in ids]
-        return [i for i, k in zip(ids, keep) if k], mask[keep]
+        if self.absent:
+            keep = ~np.isin(ids, list(self.absent))
+            ids, mask = np.asarray(ids)[keep].tolist(), mask[keep]
+        return ids, mask
 
     @property
     def chat_end(self):

@@ -9,6 +9,7 @@ tokenized dataset, or pretrain a small GPT-2 from scratch.
     python train.py --init_from=HuggingFaceTB/SmolLM2-360M-Instruct --max_iters=100   # any setting can be overridden
     python train.py --init_from=resume                # continue the run in out_dir exactly
     python train.py config/pretrain_shakespeare.py    # pretrain a baby GPT-2 from scratch on a CPU
+    python train.py config/paper/difflora32.py        # the paper's fine-tune: Llama-3.2-1B-Instruct on Tulu 2, one GPU
     torchrun --standalone --nproc_per_node=4 train.py # DistributedDataParallel on 4 GPUs
 """
 
@@ -47,6 +48,7 @@ dataset = "needle"  # a folder under data/ (prepared per tokenizer) or any path 
 batch_size = 4
 block_size = 255  # the needle examples are 256 tokens
 gradient_accumulation_steps = 2
+gradient_checkpointing = False  # True: keep only each block's input for the backward pass and recompute the rest
 # model shape, used only by init_from='scratch' (a fresh GPT-2 with GPT-2's 50,257-token vocabulary);
 # a pretrained base brings its own shape
 n_layer = 12
@@ -69,7 +71,8 @@ dropout = 0.0  # the base model's own dropout
 # optimiser
 learning_rate = 1e-3
 max_iters = 40
-lr_decay_iters = 0  # cosine decay length; 0: max_iters
+lr_schedule = "cosine"  # cosine | linear: the decay to min_lr after the warmup
+lr_decay_iters = 0  # decay length; 0: max_iters
 min_lr = 1e-4
 warmup_iters = 4
 weight_decay = 0.0
@@ -93,6 +96,7 @@ MODEL_KEYS = ("method", "lora_rank", "lora_alpha", "lora_dropout", "variant", "l
 choose("method", method, ("difflora", "lora", "full"))
 choose("variant", variant, ("both", "negative", "shared"))
 choose("init", init, ("paper", "preserve"))
+choose("lr_schedule", lr_schedule, ("cosine", "linear"))
 for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval",
             "lora_rank", "n_layer", "n_head", "n_embd"):
     check(config[key] >= 1, key, config[key], "an integer >= 1")
@@ -167,13 +171,15 @@ if init_from == "resume":
 else:
     base = os.path.abspath(init_from) if os.path.isdir(init_from) else init_from  # found from any working directory
 
-tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
+examples_per_iter = gradient_accumulation_steps * world_size * batch_size
 
 # data: a token stream in {split}.bin (uint16, or uint32 for a vocabulary beyond 65,536: meta.json
 # says); an optional {split}_mask.bin (uint8, 0 = not counted) turns those targets into -1,
-# which the loss ignores (e.g. prompts of a QA dataset); when meta.json gives example_tokens,
-# the stream is fixed-length examples and windows start at example boundaries (block_size must
-# then be example_tokens - 1). A dataset this project prepares is kept per tokenizer
+# which the loss ignores (e.g. prompts of a QA dataset). Batches are windows of block_size+1
+# tokens at random starts, or whole examples: of one length when meta.json gives example_tokens
+# (block_size must then be example_tokens - 1; drawn at random, like windows), or of any length
+# when {split}_offsets.bin gives their boundaries (chats: read in file order, each once per epoch,
+# cut to block_size+1 tokens). A dataset this project prepares is kept per tokenizer
 # (data/<dataset>/<tokenizer>/) and prepared for the base when missing
 with user_errors():
     data_dir, prepare = dataset_dir(dataset, base)
@@ -186,13 +192,16 @@ if prepare and not os.path.exists(os.path.join(data_dir, "train.bin")):
         barrier()
 meta = read_meta(data_dir)
 token_dtype = np.dtype(meta.get("dtype", "uint16"))
+offsets = {}  # split -> the n+1 example boundaries of a dataset of variable-length examples, else None
 for split in ("train", "val"):
     path = os.path.join(data_dir, f"{split}.bin")
     if not os.path.exists(path):
         raise SystemExit(f"error: dataset {dataset!r} not found: no {path}. Prepare it first "
                          f"(e.g. python data/shakespeare/prepare.py) or pass --dataset=FOLDER with train.bin and val.bin")
-    if os.path.getsize(path) // token_dtype.itemsize <= block_size:
-        raise SystemExit(f"error: {path} holds fewer than block_size+1 = {block_size + 1} tokens")
+    path = os.path.join(data_dir, f"{split}_offsets.bin")
+    offsets[split] = np.fromfile(path, dtype=np.int64) if os.path.exists(path) else None
+    if offsets[split] is None and os.path.getsize(os.path.join(data_dir, f"{split}.bin")) // token_dtype.itemsize <= block_size:
+        raise SystemExit(f"error: {data_dir}/{split}.bin holds fewer than block_size+1 = {block_size + 1} tokens")
 if "tokenizer" in meta and not prepare:  # (a dataset this project prepares has a folder per tokenizer)
     with user_errors():
         name = get_tokenizer(base).name
@@ -204,6 +213,11 @@ example_tokens = meta.get("example_tokens")
 has_mask = {split: os.path.exists(os.path.join(data_dir, f"{split}_mask.bin")) for split in ("train", "val")}
 if example_tokens and example_tokens != block_size + 1:
     raise SystemExit(f"error: {data_dir} holds examples of {example_tokens} tokens; set --block_size={example_tokens - 1}")
+chats = offsets["train"] is not None
+if chats and master:
+    n = len(offsets["train"]) - 1
+    print(f"{n:,} training examples, {examples_per_iter} per iteration: {max_iters} iterations are "
+          f"{max_iters * examples_per_iter / n:.2f} epochs")
 
 
 def window_starts(n_tokens, shape, generator=None):
@@ -214,24 +228,46 @@ def window_starts(n_tokens, shape, generator=None):
 
 
 def get_batch(split, ix=None):
-    """(x, y) of shape (batch_size, block_size) from windows starting at ix (random if None)."""
+    """(x, y), each (batch_size, T): the windows of block_size+1 tokens starting at ix (random if
+    None), T = block_size; or, for variable-length examples, the examples numbered ix, each cut to
+    block_size+1 tokens and padded on the right to the longest, T = its length - 1. Padding needs no
+    attention mask: under the causal mask no real token sees a later (padding) one, and padding
+    targets are -1, so the loss skips them. That keeps one example per row, 64 per step as in the
+    paper, where packing would change the number of steps of an epoch."""
     data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=token_dtype, mode="r")  # reopened: memmaps leak otherwise
-    if ix is None:
-        ix = window_starts(len(data), (batch_size,))
-    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
-    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
-    if has_mask[split]:
-        mask = np.memmap(os.path.join(data_dir, f"{split}_mask.bin"), dtype=np.uint8, mode="r")
-        keep = torch.stack([torch.from_numpy(mask[i + 1:i + 1 + block_size].astype(np.bool_)) for i in ix])
-        y = y.masked_fill(~keep, -1)
+    if offsets[split] is not None:
+        spans = [(offsets[split][i], min(offsets[split][i + 1], offsets[split][i] + block_size + 1)) for i in ix]
+    else:
+        spans = [(i, i + block_size + 1) for i in (window_starts(len(data), (batch_size,)) if ix is None else ix)]
+    T = max(end - start for start, end in spans) - 1
+    x = torch.zeros(len(spans), T, dtype=torch.long)  # (B, T); padding token 0, never seen by a real token
+    y = torch.full((len(spans), T), -1, dtype=torch.long)  # (B, T)
+    mask = np.memmap(os.path.join(data_dir, f"{split}_mask.bin"), dtype=np.uint8, mode="r") if has_mask[split] else None
+    for row, (start, end) in enumerate(spans):
+        x[row, :end - start - 1] = torch.from_numpy(data[start:end - 1].astype(np.int64))
+        target = torch.from_numpy(data[start + 1:end].astype(np.int64))
+        if mask is not None:
+            target = target.masked_fill(torch.from_numpy(mask[start + 1:end] == 0), -1)
+        y[row, :end - start - 1] = target
     if device_type == "cuda":
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
 
 
-# the same validation (and train-estimate) windows at every evaluation, so the curves compare
+def train_examples(it, micro_step):
+    """The example numbers of one micro-batch of variable-length examples: iteration it reads the
+    next examples_per_iter of the file (shuffled when it was prepared), wrapping into the next epoch."""
+    first = ((it * gradient_accumulation_steps + micro_step) * world_size + ddp_rank) * batch_size
+    return (first + np.arange(batch_size)) % (len(offsets["train"]) - 1)
+
+
+# the same validation (and train-estimate) windows at every evaluation, so the curves compare;
+# for variable-length examples the first ones of each split
 eval_ix = {}
 for split in ("train", "val"):
+    if offsets[split] is not None:
+        eval_ix[split] = np.arange(eval_iters * batch_size).reshape(eval_iters, batch_size) % (len(offsets[split]) - 1)
+        continue
     n = os.path.getsize(os.path.join(data_dir, f"{split}.bin")) // token_dtype.itemsize
     eval_ix[split] = window_starts(n, (eval_iters, batch_size), torch.Generator().manual_seed(seed))
 
@@ -256,6 +292,7 @@ try:
         load_trainable_state_dict(model, ckpt["trainable"], f"checkpoint {ckpt_path}")
 except ValueError as e:
     raise SystemExit(f"error: {e}")
+model.gradient_checkpointing = gradient_checkpointing
 model.to(device)
 if master:
     print(param_report(model))
@@ -272,18 +309,19 @@ if compile:
 if ddp:
     model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
 trainable = [p for p in raw_model.parameters() if p.requires_grad]
-flops_per_iter = raw_model.flops_per_token(block_size) * tokens_per_iter
 peak = peak_flops(device)
 
 
 def get_lr(it):
-    """Linear warmup, then cosine decay to min_lr at lr_decay_iters."""
+    """Linear warmup, then decay to min_lr at lr_decay_iters: cosine, or linear (the paper's, to 0)."""
     decay_iters = lr_decay_iters or max_iters
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
     if it >= decay_iters:
         return min_lr
     ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+    if lr_schedule == "linear":
+        return learning_rate + ratio * (min_lr - learning_rate)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
@@ -365,11 +403,13 @@ if master:
     resolved = {**config, "base": base, "device": device, "dtype": dtype}
     save_json(os.path.join(out_dir, "train_config.json"), resolved)
     print(json.dumps(resolved, indent=1))
-    print(f"tokens per iteration: {tokens_per_iter:,}; {raw_model.flops_per_token(block_size) / 1e9:.2f} GFLOP per token")
+    print(f"tokens per iteration: {'up to ' * chats}{examples_per_iter * block_size:,}; "
+          f"{raw_model.flops_per_token(block_size) / 1e9:.2f} GFLOP per token")
 
 model.train()
 t0 = run_start = time.time()
 start_iter, eval_s, estimated = iter_num, 0.0, False
+window_tokens = window_flops = 0  # what the steps since the last log line computed (padding included)
 while True:
     if (iter_num % eval_interval == 0 or iter_num == max_iters) and not (iter_num == start_iter > 0):  # a resume has it already
         t_eval = time.time()
@@ -399,7 +439,9 @@ while True:
     for group in optimizer.param_groups:
         group["lr"] = lr
     for micro_step in range(gradient_accumulation_steps):
-        x, y = get_batch("train")
+        x, y = get_batch("train", train_examples(iter_num, micro_step) if chats else None)
+        window_tokens += x.numel() * world_size
+        window_flops += raw_model.flops_per_token(x.size(1)) * x.numel() * world_size
         if ddp:  # sync gradients on the last micro step only
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         with compile_errors(compile):
@@ -419,13 +461,14 @@ while True:
         lossf = loss.item() * gradient_accumulation_steps  # .item() syncs: the timing below is real
         dt = (time.time() - t0) / log_interval
         t0 = time.time()
-        mfu = f"{100 * flops_per_iter / dt / peak:.1f}%" if peak else "n/a"
+        tok_s, mfu = window_tokens / log_interval / dt, f"{100 * window_flops / log_interval / dt / peak:.1f}%" if peak else "n/a"
+        window_tokens = window_flops = 0
         lam = f", lambda {[round(v, 3) for v in lambdas()]}" if method == "difflora" else ""
         evals_left = max_iters // eval_interval - iter_num // eval_interval + (max_iters % eval_interval != 0)
         eta = dt * (max_iters - iter_num) + eval_s * evals_left  # the steps as timed just now, the evaluations as the last one
         print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms, "
-              f"{tokens_per_iter / dt:,.0f} tok/s, mfu {mfu}{lam}, eta {eta / 60:.1f} min")
-        metrics["log"].append({"iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "tok_s": tokens_per_iter / dt})
+              f"{tok_s:,.0f} tok/s, mfu {mfu}{lam}, eta {eta / 60:.1f} min")
+        metrics["log"].append({"iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "tok_s": tok_s})
         if not estimated and iter_num - start_iter >= min(2 * log_interval, max_iters - start_iter):
             # once, from the second timed window: the first one holds the warm-up of the first steps
             print(f"estimated total time of this run: {(time.time() - run_start + eta) / 60:.1f} min")

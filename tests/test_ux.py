@@ -17,7 +17,7 @@ from difflora import load_trained
 from model import GPT
 
 SCRIPTS = ["train.py", "sample.py", "attention.py", "eval_needle.py", "bench.py", "induction.py", "report.py"]
-PREPARE = ["data/shakespeare/prepare.py", "data/needle/prepare.py", "data/shakespeare_copy/prepare.py"]
+PREPARE = ["data/shakespeare/prepare.py", "data/needle/prepare.py", "data/shakespeare_copy/prepare.py", "data/tulu2/prepare.py"]
 
 
 def run_script(script, *args):
@@ -102,6 +102,7 @@ BAD = [  # (script, arguments, what the one line must say)
     ("train.py", ["--dropout=1.5"], "setting 'dropout' is 1.5; allowed: a number in [0, 1)"),
     ("train.py", ["--device=tpu"], "setting 'device' is 'tpu'"),
     ("train.py", ["--lora_targets=q,z"], "setting 'lora_targets' is 'q,z'"),
+    ("train.py", ["--lr_schedule=step"], "setting 'lr_schedule' is 'step'; allowed: cosine | linear"),
     ("train.py", ["--learning_rate=-1"], "setting 'learning_rate' is -1.0"),
     ("train.py", ["--max_iters=ten"], "'max_iters'"),
     ("train.py", ["--no_such=1"], "unknown setting 'no_such'"),
@@ -149,6 +150,7 @@ def test_a_bad_value_gets_one_line(script, args, says, tmp_path):
     ("data/shakespeare/prepare.py", ["--input=no_such.txt"], "--input no_such.txt does not exist"),
     ("data/shakespeare_copy/prepare.py", ["--copy_fraction=1.5"], "--copy_fraction must be in [0, 1)"),
     ("data/shakespeare_copy/prepare.py", ["--tokens=3"], "unrecognized arguments: --tokens=3"),
+    ("data/tulu2/prepare.py", ["--max_tokens=1"], "--max_tokens must be at least 2"),
 ])
 def test_prepare_scripts_bad_values(script, args, says, tmp_path):
     out = run(sys.executable, script, f"--out_dir={tmp_path}", *args)
