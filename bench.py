@@ -39,7 +39,7 @@ import time
 import torch
 
 from configurator import check, choose, compile_errors, configure, resolve_device, user_errors
-from difflora import DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, set_attention_path
+from difflora import LORA_TARGETS, DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, set_attention_path
 from model import GPT, GPTConfig, LLAMA, peak_flops
 
 # -----------------------------------------------------------------------------
@@ -59,6 +59,9 @@ ratio_shapes = "1x1024,4x256"  # BxT shapes of the interleaved ratios; "" for no
 pairs = 7  # interleaved pairs per ratio
 hf = True  # also race transformers (+ PEFT), when installed
 rank = 16  # DiffLoRA's; the LoRA baseline uses 2 * rank on Q and K
+lora_rank = 0  # the LoRA baseline's rank (0: 2 * rank, DiffLoRA's parameter budget on Q and K)
+lora_targets = "q,k"  # the LoRA baseline's maps (all: every linear map, the paper's); PEFT is raced on q,k only
+gradient_checkpointing = False  # every method's blocks recomputed in the backward pass (MFU leaves the recompute out)
 dropout = 0.1  # adapter dropout of every method (train.py's lora_dropout default; 0.0 shows what the masks cost)
 gen = True  # also time generation
 gen_methods = "none,difflora"
@@ -85,11 +88,13 @@ check(all(s.count("x") == 1 and all(v.isdigit() and int(v) >= 1 for v in s.split
 shapes = [tuple(int(v) for v in s.split("x")) for s in ratio_shapes.split(",")] if ratio_shapes else []
 for key in ("n_layer", "n_head", "n_embd", "vocab_size", "batch_size", "rank", "steps", "pairs", "gen_tokens", "gen_prompt"):
     check(config[key] >= 1, key, config[key], "an integer >= 1")
-for key in ("n_kv_head", "n_inner"):
+for key in ("n_kv_head", "n_inner", "lora_rank"):
     check(config[key] >= 0, key, config[key], "an integer >= 0 (0: the default)")
 check(n_embd % n_head == 0, "n_embd", n_embd, f"a multiple of n_head={n_head}")
 check(n_head % (n_kv_head or n_head) == 0, "n_kv_head", n_kv_head, f"a divisor of n_head={n_head}")
 check(0 <= dropout < 1, "dropout", dropout, "a number in [0, 1)")
+check(set(lora_targets.split(",")) <= set(LORA_TARGETS), "lora_targets", lora_targets,
+      "all, or comma-separated maps: GPT-2's q,k,v,attn_out,mlp_in,mlp_out or Llama's q,k,v,o,gate,up,down")
 device, device_type, dtype, ctx = resolve_device(device, dtype)
 peak = peak_flops(device)
 T_max = max([int(t) for t in seq_lens.split(",")] + [T for _, T in shapes] + [gen_prompt + gen_tokens])
@@ -104,9 +109,11 @@ def build(method):
         apply_difflora(model, DiffLoRAConfig(r=rank, alpha=2.0 * rank, dropout=dropout))
         set_attention_path(model, method == "difflora-explicit")
     elif method == "lora":
-        apply_lora(model, LoRAConfig(r=2 * rank, alpha=4.0 * rank, dropout=dropout, targets=("q", "k")))
+        r = lora_rank or 2 * rank
+        apply_lora(model, LoRAConfig(r=r, alpha=2.0 * r, dropout=dropout, targets=tuple(lora_targets.split(","))))
     elif method == "none":
         model.requires_grad_(False)
+    model.gradient_checkpointing = gradient_checkpointing
     return model.to(device)
 
 
@@ -259,7 +266,8 @@ if only:
 name = torch.cuda.get_device_name(device) if device_type == "cuda" else "CPU"
 print(f"device {device} ({name}), dtype {dtype}, compile {compile}, torch {torch.__version__}, "
       f"threads {torch.get_num_threads()}; {family} n_layer {n_layer}, n_head {n_head}, n_kv_head {n_kv_head or n_head}, "
-      f"n_embd {n_embd}, n_inner {n_inner or 4 * n_embd}, vocab {vocab_size}, rank {rank}")
+      f"n_embd {n_embd}, n_inner {n_inner or 4 * n_embd}, vocab {vocab_size}, rank {rank}; LoRA rank "
+      f"{lora_rank or 2 * rank} on {lora_targets}; gradient checkpointing {gradient_checkpointing}")
 rows = []
 method_list = methods.split(",") if methods else []
 if explicit and "difflora" in method_list:
@@ -296,7 +304,7 @@ for B, T in shapes:
     floor = diff.flops_per_token(T) / lora.flops_per_token(T)
     r = ratios[f"difflora/lora {B}x{T}"] = summary(interleaved(train_step(diff, B, T), train_step(lora, B, T)))
     show(f"DiffLoRA / LoRA step, B={B} T={T}", r, floor)
-    peft = build_hf(lora=True) if hf else None
+    peft = build_hf(lora=True) if hf and lora_targets == "q,k" and not lora_rank else None
     if peft is not None:
         r = ratios[f"lora/peft {B}x{T}"] = summary(interleaved(train_step(lora, B, T), train_step(peft, B, T, hf_model=True)))
         show(f"our LoRA / transformers+PEFT LoRA step, B={B} T={T}", r)

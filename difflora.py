@@ -469,6 +469,23 @@ def unmerge(model):
             m.fold(-1)
 
 
+def merged_model(model):
+    """The plain transformer of a LoRA model, in place: every adapter folded into its weight and the
+    LoRA wrappers replaced by those weights, so that save_pretrained writes a checkpoint that any
+    Hugging Face tool loads (for benchmarks such as OLMES). A DiffLoRA model has no such form: its
+    negative map is a second attention that no plain checkpoint has."""
+    if model.adapter is None or model.adapter[0] != "lora":
+        raise ValueError("only a LoRA model merges into a plain checkpoint; DiffLoRA's negative map has no place in one "
+                         "(save its adapter with save_adapter)" if model.adapter else "this model has no adapter to merge")
+    merge(model)
+    for block in model.transformer.h:
+        for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"), (block.mlp, "c_proj")):
+            if isinstance(getattr(parent, name), LoRALinear):
+                setattr(parent, name, getattr(parent, name).base)
+    model.adapter = None
+    return model
+
+
 def set_attention_path(model, explicit):
     """Choose the fused (False) or explicit (True) differential attention in every layer."""
     for m in model.modules():

@@ -324,18 +324,19 @@ class GPT(nn.Module):
             wpe = self.transformer.wpe.weight
             self.transformer.wpe.weight = nn.Parameter(wpe[:block_size].detach().clone(), requires_grad=wpe.requires_grad)
 
-    def flops_per_token(self, T):
+    def flops_per_token(self, T, recompute=False):
         """Training FLOPs (forward + backward) per token at sequence length T. Every matmul weight
         costs 2 FLOPs forward and 2 backward (gradient of its input); only trainable ones cost 2 more
         for their own gradient. Attention costs 4 T n_head head_dim forward per map (QK^T and AV),
-        twice that backward. For full fine-tuning of GPT-2 this is nanoGPT's 6 N + 12 L C T."""
+        twice that backward. For full fine-tuning of GPT-2 this is nanoGPT's 6 N + 12 L C T.
+        recompute: add the second forward pass that gradient checkpointing runs (MFU leaves it out)."""
         matmul = [p for n, p in self.named_parameters(remove_duplicate=False)  # lm_head even when tied
                   if p.dim() == 2 and not n.startswith(("transformer.wte.", "transformer.wpe."))]  # lookups, not matmuls
         n_all = sum(p.numel() for p in matmul)
         n_trainable = sum(p.numel() for p in matmul if p.requires_grad)
         c = self.config
         attn = sum(b.attn.n_maps * 4 * c.n_head * c.head_dim * T for b in self.transformer.h)
-        return 4 * n_all + 2 * n_trainable + 3 * attn
+        return 4 * n_all + 2 * n_trainable + 3 * attn + recompute * (2 * n_all + attn)
 
     def save_pretrained(self, path):
         """Write config.json and model.safetensors in the Hugging Face layout of the model's family
@@ -421,6 +422,19 @@ class GPT(nn.Module):
         return idx
 
     @classmethod
+    def empty(cls, config):
+        """The model with uninitialised weights on the CPU: no random init (seconds, not minutes, for a
+        billion weights), for weights that are filled next."""
+        with torch.device("meta"):
+            model = cls(config)
+        model.to_empty(device="cpu")
+        if config.tie_embeddings:  # to_empty gives each name its own tensor
+            model.transformer.wte.weight = model.lm_head.weight
+        if config.pos == "rope":  # a buffer computed at init, which to_empty left unset
+            model.rope_inv_freq = rope_inv_freq(config)
+        return model
+
+    @classmethod
     def from_pretrained(cls, name_or_path, **overrides):
         """Load a pretrained model: a Hugging Face model id (downloaded into the normal hub cache)
         or a local directory with config.json and model.safetensors (or pytorch_model.bin), of
@@ -439,13 +453,7 @@ class GPT(nn.Module):
             with open(os.path.join(path, "config.json")) as f:
                 config = config_from_hf(json.load(f), name_or_path, dropout)
             sd = read_weights(path)
-        with torch.device("meta"):  # no memory and no random init (seconds for a large model): the checkpoint fills it
-            model = cls(config)
-        model.to_empty(device="cpu")
-        if config.tie_embeddings:  # to_empty gives each name its own tensor
-            model.transformer.wte.weight = model.lm_head.weight
-        if config.pos == "rope":
-            model.rope_inv_freq = rope_inv_freq(config)
+        model = cls.empty(config)  # the checkpoint fills it
         model.name_or_path = name_or_path if name_or_path in ALIASES or not os.path.exists(name_or_path) \
             else os.path.abspath(name_or_path)  # a local folder or file is found from any working directory
         if config.family == "gpt2":  # the checkpoint's names are ours, once normalised

@@ -370,6 +370,14 @@ def test_bench_on_the_llama_family():
                   "our LoRA / transformers+PEFT LoRA step, B=1 T=16", "our cached generation"):
         assert any(line.startswith(label) and "over 3 pairs" in line for line in out.stdout.splitlines()), label
     assert "same tokens as transformers: True" in out.stdout and "llama n_layer 2, n_head 4, n_kv_head 2" in out.stdout
+    # the paper's comparison (config/bench_paper.py at a tiny shape): LoRA r=4 on every map, checkpointed blocks
+    out = run(sys.executable, "bench.py", "config/bench_paper.py", "--n_layer=2", "--n_head=4", "--n_kv_head=2",
+              "--n_embd=64", "--n_inner=96", "--vocab_size=100", "--seq_lens=16", "--ratio_shapes=", "--lora_rank=4",
+              "--rank=2", "--steps=1", "--device=cpu", "--dtype=float32")
+    assert out.returncode == 0, out.stderr
+    assert "LoRA rank 4 on all; gradient checkpointing True" in out.stdout
+    assert [line.split()[0] for line in out.stdout.splitlines() if line.endswith(tuple("0123456789")) and " 16 " in line] \
+        == ["lora", "difflora"]
 
 
 # ----------------------------------------------------------------------------- the real SmolLM2

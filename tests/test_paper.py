@@ -232,3 +232,27 @@ def test_gradient_checkpointing_same_gradients():
     assert grads[0][0] == grads[1][0]
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_merged_lora_loads_in_transformers(tmp_path):
+    """The paper's LoRA baseline (r=8, every linear map) merged with merged_model and written by
+    save_pretrained is a plain Llama checkpoint: transformers' logits equal the adapted model's.
+    DiffLoRA refuses, in one sentence."""
+    from transformers import LlamaForCausalLM
+    from difflora import DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, merged_model
+    base = tmp_path / "base"
+    make_llama(vocab_size=101).save_pretrained(base)
+    model = apply_lora(GPT.from_pretrained(str(base)), LoRAConfig(r=8, alpha=16, dropout=0.0, targets=["all"])).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)  # B is zero at init: give every adapter a delta
+    x = torch.randint(0, 101, (2, 24))
+    with torch.no_grad():
+        want = model(x)[0]
+        merged_model(model).save_pretrained(tmp_path / "merged")
+    assert model.adapter is None and "lora" not in " ".join(n for n, _ in model.named_parameters())
+    got = LlamaForCausalLM.from_pretrained(tmp_path / "merged").eval()(x).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="only a LoRA model merges into a plain checkpoint"):
+        merged_model(apply_difflora(GPT.from_pretrained(str(base)), DiffLoRAConfig(r=4, alpha=8)))

@@ -150,7 +150,7 @@ def test_resume_replays_exactly(tiny101, chain, tmp_path, method):
     # the model settings come from the checkpoint, whatever the command line says
     resumed = train(*common, f"--out_dir={tmp_path / 'b'}", "--max_iters=20", "--init_from=resume", "--block_size=16")
     assert resumed["iter_num"] == 20 and resumed["start_iter"] == 10
-    assert resumed["block_size"] == 32 and resumed["tokens_per_iter"] == straight["tokens_per_iter"]
+    assert resumed["block_size"] == 32 and resumed["examples_per_iter"] == straight["examples_per_iter"]
     a = dict(straight["raw_model"].named_parameters())
     b = dict(resumed["raw_model"].named_parameters())
     for name, p in a.items():
