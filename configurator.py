@@ -3,7 +3,8 @@ Settings in the nanoGPT manner: a script's settings are plain globals with defau
 
     python train.py [config/some_file.py ...] [--key=value ...]
 
-runs each config file (plain Python assigning some of those globals), then applies the
+runs each config file (plain Python assigning some of those globals; it sees its own path as
+__file__, so it can exec a shared file beside it), then applies the
 --key=value overrides (values are Python literals; a string setting takes the text as is).
 An unknown key or a value of the wrong type stops the script with a message naming the
 key and the closest valid ones. An int is accepted for a float setting; a setting whose
@@ -17,6 +18,7 @@ resolve_device() does it for a device or dtype this machine does not have.
 import argparse
 import ast
 import difflib
+import os
 import re
 import sys
 from contextlib import contextmanager, nullcontext
@@ -159,7 +161,7 @@ def configure(settings, argv):
             except OSError as e:
                 raise SystemExit(f"error: cannot read config file {arg!r} ({e.strerror}); "
                                  f"arguments are config files or --key=value") from e
-            namespace = {}
+            namespace = {"__file__": os.path.abspath(arg)}  # so that a config file can build on one beside it
             exec(source, namespace)
             for key, value in namespace.items():
                 if not key.startswith("_") and isinstance(value, (int, float, bool, str, type(None), tuple)):

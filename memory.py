@@ -20,6 +20,7 @@ caching allocator adds fragmentation, and CUDA kernels may keep other workspaces
 those); 1.0, every token of every sequence, is the worst case.
 """
 
+import os
 import sys
 import time
 
@@ -78,7 +79,7 @@ class LiveTensors(TorchDispatchMode):
 
 def read_run(path):
     """The settings of a train.py config file that this estimate needs."""
-    namespace = {}
+    namespace = {"__file__": os.path.abspath(path)}  # as configurator.py runs it
     try:
         exec(open(path).read(), namespace)
     except OSError as e:
@@ -118,7 +119,8 @@ def step_peak(model, T, ctx):
 t0 = time.time()
 GB = 2**30
 print(f"Llama-family shape: n_layer {n_layer}, n_head {n_head}, n_kv_head {n_kv_head}, n_embd {n_embd}, n_inner {n_inner}, "
-      f"vocab {vocab_size}; counted targets {counted:.0%}; measured at T = {lengths[0]} and {lengths[1]}, one sequence")
+      f"vocab {vocab_size}; counted targets {counted:.0%}; measured at T = {lengths[0]} and {lengths[1]}, one sequence, "
+      f"on the CPU with torch {torch.__version__}")
 print(f"{'config':<36}{'trainable':>11}{'ckpt':>6}{'GFLOP/token':>13}{'weights+adam':>14}{'step':>9}{'total':>9}   (GiB; "
       f"step and total extrapolated to batch_size x block_size)")
 for path in configs.split(","):

@@ -16,7 +16,7 @@ from conftest import ROOT, make_hf_model, run, train
 from difflora import load_trained
 from model import GPT
 
-SCRIPTS = ["train.py", "sample.py", "attention.py", "eval_needle.py", "bench.py", "induction.py", "report.py"]
+SCRIPTS = ["train.py", "sample.py", "attention.py", "eval_needle.py", "bench.py", "induction.py", "report.py", "memory.py"]
 PREPARE = ["data/shakespeare/prepare.py", "data/needle/prepare.py", "data/shakespeare_copy/prepare.py", "data/tulu2/prepare.py"]
 
 

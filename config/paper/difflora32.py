@@ -1,34 +1,14 @@
-# The paper's main DiffLoRA run (DiffLoRA, arXiv 2507.23588, Table 2): DiffLoRA-32, both terms at
-# r=32, alpha=64, lambda learned from the depth schedule, GroupNorm off, V and O frozen.
-# The recipe, the same in every file here: Llama-3.2-1B-Instruct fine-tuned on the Tulu 2 SFT
-# mixture for one epoch, 64 conversations of up to 4,096 tokens per step (2 per micro-batch, 32
-# accumulated), lr 1e-4 with 3% warmup and a linear decay to 0, no weight decay, adapter dropout
-# 0.1, bf16. Gradient checkpointing keeps a step within a 24 GB GPU (README, "Reproducing the paper").
+# The paper's main DiffLoRA run, DiffLoRA-32: both terms at r=32, alpha=64, lambda learned from
+# the depth schedule, GroupNorm off, V and O frozen.
 #   pip install pyarrow && python data/tulu2/prepare.py
 #   python train.py config/paper/difflora32.py
-init_from = "meta-llama/Llama-3.2-1B-Instruct"
-dataset = "tulu2"
+import os
+exec(open(os.path.join(os.path.dirname(__file__), "recipe.py")).read())  # the paper's recipe, the same for every run
 out_dir = "out-paper/difflora32"
-block_size = 4096
-batch_size = 2
-gradient_accumulation_steps = 32
-gradient_checkpointing = True
-max_iters = 5080  # one epoch: (326,154 - 1,000 held out) / 64; prepare.py prints it for the data it wrote
-warmup_iters = 152  # 3% of max_iters
-lr_schedule = "linear"
-learning_rate = 1e-4
-min_lr = 0.0
-weight_decay = 0.0
-grad_clip = 0.0  # open-instruct's default (the paper does not say it clipped)
-dtype = "bfloat16"
-eval_interval = 500
-eval_iters = 50  # 100 held-out conversations
-log_interval = 10
 method = "difflora"
 variant = "both"
 lora_rank = 32
 lora_alpha = 64.0
-lora_dropout = 0.1
 learn_lambda = True
 lambda_init = None
 groupnorm = False
