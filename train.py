@@ -238,7 +238,7 @@ def get_batch(split, ix=None):
     if offsets[split] is not None:
         spans = [(offsets[split][i], min(offsets[split][i + 1], offsets[split][i] + block_size + 1)) for i in ix]
     else:
-        spans = [(i, i + block_size + 1) for i in (window_starts(len(data), (batch_size,)) if ix is None else ix)]
+        spans = [(int(i), int(i) + block_size + 1) for i in (window_starts(len(data), (batch_size,)) if ix is None else ix)]
     T = max(end - start for start, end in spans) - 1
     x = torch.zeros(len(spans), T, dtype=torch.long)  # (B, T); padding token 0, never seen by a real token
     y = torch.full((len(spans), T), -1, dtype=torch.long)  # (B, T)
@@ -409,7 +409,7 @@ if master:
 model.train()
 t0 = run_start = time.time()
 start_iter, eval_s, estimated = iter_num, 0.0, False
-window_tokens = window_flops = 0  # what the steps since the last log line computed (padding included)
+window_tokens = window_flops = 0  # what the steps since the last log line computed (padding included; rank 0's x processes)
 while True:
     if (iter_num % eval_interval == 0 or iter_num == max_iters) and not (iter_num == start_iter > 0):  # a resume has it already
         t_eval = time.time()

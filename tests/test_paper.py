@@ -120,6 +120,11 @@ def test_prepare_errors(tulu, tmp_path, monkeypatch, capsys):
         prepare(f"--input={tmp_path}/ok.parquet", f"--tokenizer={plain}", f"--out_dir={tmp_path}/out")
     with pytest.raises(SystemExit, match=r"^error: --input .*nothing-\*.parquet matches no file$"):
         prepare(f"--input={tmp_path}/nothing-*.parquet", f"--tokenizer={base}")
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no --input: the hub, unreachable here
+    with pytest.raises(SystemExit, match=r"^error: could not download allenai/tulu-v2-sft-mixture .*pass its parquet "
+                                         r"files with --input$"):
+        prepare(f"--tokenizer={base}", f"--out_dir={tmp_path}/out")
     assert not os.path.exists(tmp_path / "out")
 
 
