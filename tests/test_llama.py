@@ -449,6 +449,12 @@ def test_smollm2_chat_and_needle(smollm2):
     want = want["input_ids"] if hasattr(want, "keys") else want
     prompt = enc.chat_prompt(messages[0]["content"])
     assert prompt == list(want)  # with the template's default system prompt
+    # whole conversations, as data/tulu2 renders them, with the GGUF's own template (no spaces before
+    # a digit, where transformers' GGUF tokenizer differs from SmolLM2's own: see above)
+    for chat in (CHATS[1], [{"role": "user", "content": "Name a river."}, {"role": "assistant", "content": "The Nile.\n"},
+                            {"role": "user", "content": " And another?"}, {"role": "assistant", "content": "The Amazon, 6400 km."}]):
+        want = ref.apply_chat_template(chat, tokenize=True)
+        assert enc.chat(chat)[0] == list(want["input_ids"] if hasattr(want, "keys") else want)
     out = ours.generate(torch.tensor([prompt]), 12, temperature=0, eos_token=enc.chat_end)
     assert "Paris" in enc.decode(out[0, len(prompt):].tolist())
     sys.path.insert(0, os.path.join(ROOT, "data", "needle"))
