@@ -4,12 +4,6 @@
 #   pip install pyarrow && python data/tulu2/prepare.py
 #   python train.py config/paper/difflora32_groupnorm.py
 import os
-exec(open(os.path.join(os.path.dirname(__file__), "recipe.py")).read())  # the paper's recipe, the same for every run
+exec(open(os.path.join(os.path.dirname(__file__), "difflora32.py")).read())  # difflora32, and through it the recipe
 out_dir = "out-paper/difflora32_groupnorm"
-method = "difflora"
-variant = "both"
-lora_rank = 32
-lora_alpha = 64.0
-learn_lambda = True
-lambda_init = None
 groupnorm = True

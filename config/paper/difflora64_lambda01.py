@@ -3,12 +3,7 @@
 #   pip install pyarrow && python data/tulu2/prepare.py
 #   python train.py config/paper/difflora64_lambda01.py
 import os
-exec(open(os.path.join(os.path.dirname(__file__), "recipe.py")).read())  # the paper's recipe, the same for every run
+exec(open(os.path.join(os.path.dirname(__file__), "difflora64_negative.py")).read())  # difflora64_negative, and through it the recipe
 out_dir = "out-paper/difflora64_lambda01"
-method = "difflora"
-variant = "negative"
-lora_rank = 64
-lora_alpha = 128.0
 learn_lambda = False
 lambda_init = 0.1
-groupnorm = False
