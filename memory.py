@@ -34,7 +34,7 @@ from difflora import DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora
 from model import GPT, GPTConfig, LLAMA
 
 # -----------------------------------------------------------------------------
-configs = ("config/paper/difflora32.py,config/paper/difflora64_negative.py,config/paper/difflora64_lambda01.py,"
+configs = ("config/paper/difflora32.py,config/paper/difflora64_negative.py,config/paper/difflora64_lambda01.py,"  # comma-separated train.py config files
            "config/paper/difflora32_groupnorm.py,config/paper/lora8.py")
 # the shape: Llama-3.2-1B's
 n_layer = 16
