@@ -62,6 +62,7 @@ rank = 16  # DiffLoRA's; the LoRA baseline uses 2 * rank on Q and K
 lora_rank = 0  # the LoRA baseline's rank (0: 2 * rank, DiffLoRA's parameter budget on Q and K)
 lora_targets = "q,k"  # the LoRA baseline's maps (all: every linear map, the paper's); PEFT is raced on q,k only
 gradient_checkpointing = False  # every method's blocks recomputed in the backward pass (MFU leaves the recompute out)
+loss_chunk = 0  # > 0: the training loss over chunks of this many targets (train.py's setting)
 dropout = 0.1  # adapter dropout of every method (train.py's lora_dropout default; 0.0 shows what the masks cost)
 gen = True  # also time generation
 gen_methods = "none,difflora"
@@ -88,7 +89,7 @@ check(all(s.count("x") == 1 and all(v.isdigit() and int(v) >= 1 for v in s.split
 shapes = [tuple(int(v) for v in s.split("x")) for s in ratio_shapes.split(",")] if ratio_shapes else []
 for key in ("n_layer", "n_head", "n_embd", "vocab_size", "batch_size", "rank", "steps", "pairs", "gen_tokens", "gen_prompt"):
     check(config[key] >= 1, key, config[key], "an integer >= 1")
-for key in ("n_kv_head", "n_inner", "lora_rank"):
+for key in ("n_kv_head", "n_inner", "lora_rank", "loss_chunk"):
     check(config[key] >= 0, key, config[key], "an integer >= 0 (0: the default)")
 check(n_embd % n_head == 0, "n_embd", n_embd, f"a multiple of n_head={n_head}")
 check(n_head % (n_kv_head or n_head) == 0, "n_kv_head", n_kv_head, f"a divisor of n_head={n_head}")
@@ -113,7 +114,7 @@ def build(method):
         apply_lora(model, LoRAConfig(r=r, alpha=2.0 * r, dropout=dropout, targets=tuple(lora_targets.split(","))))
     elif method == "none":
         model.requires_grad_(False)
-    model.gradient_checkpointing = gradient_checkpointing
+    model.gradient_checkpointing, model.loss_chunk = gradient_checkpointing, loss_chunk
     return model.to(device)
 
 

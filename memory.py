@@ -3,21 +3,23 @@ The GPU memory of one training step of the paper's runs (config/paper/*.py), est
 from the model's shapes: Llama-3.2-1B's by default, with random weights, nothing downloaded.
 
     python memory.py                                        # every config/paper file, with and without checkpointing
-    python memory.py --configs=config/paper/lora8.py --measure=512,1024
+    python memory.py --configs=config/paper/difflora32.py,config/paper/lora8.py   # two of them (19 min on 2 CPU cores)
 
 Memory at the peak of a step = the weights (fp32, as train.py holds them) + AdamW's two moments of
 each trainable parameter (fp32) + the step's own tensors: activations kept for the backward pass,
 the bf16 copies of the weights that autocast makes (kept for the backward pass too, unless the
 block is checkpointed), the logits of the counted targets and their gradients, the adapters'
-gradients. The step's tensors are counted as they are allocated and freed, by a dispatch mode
-that sees every tensor op, forward and backward, on the CPU under the config's autocast dtype. On
-a CPU, scaled_dot_product_attention runs a flash-attention kernel that keeps what CUDA's flash
-kernel keeps (q, k, v, the output and a log-sum-exp per row), so activations grow linearly with
-the tokens: the step's peak is measured for one sequence at each length of --measure and
-extrapolated linearly to the config's batch_size x block_size tokens. It is an estimate: CUDA's
-caching allocator adds fragmentation, and CUDA kernels may keep other workspaces.
---counted is the fraction of targets counted in the loss (the logits are computed only for
-those); 1.0, every token of every sequence, is the worst case.
+gradients. The step's tensors are counted as they are made and freed, by a dispatch mode that
+sees every tensor op, forward and backward, on the CPU under the config's autocast dtype (on a
+CPU, scaled_dot_product_attention runs a flash-attention kernel that keeps what CUDA's keeps: q,
+k, v, the output and a log-sum-exp per row). The step is the config's own micro-batch,
+batch_size x block_size tokens, on the model with 2 blocks and with 3: every block past the
+first adds the same (its weights' share and what it keeps for the backward pass, all alive at
+the peak, wherever it falls), so the peak of n_layer blocks is extrapolated linearly from those
+two. (With one block the peak can fall elsewhere: the tests check the line from 2 and 3 blocks
+against 4.) It is an estimate: CUDA's caching allocator adds
+fragmentation, and CUDA kernels may keep other workspaces. --counted is the fraction of targets
+counted in the loss (the logits are computed only for those); 1.0 is the worst case.
 """
 
 import os
@@ -43,19 +45,20 @@ n_kv_head = 8
 n_embd = 2048
 n_inner = 8192
 vocab_size = 128256
-measure = "256,512"  # sequence lengths measured (one sequence each), extrapolated to batch_size x block_size tokens
 counted = 1.0  # fraction of the targets counted in the loss
+loss_chunk = -1  # -1: each config's own; 0: the loss over all targets at once; N: over chunks of N
 seed = 0
 # -----------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
 config = configure(config, sys.argv[1:])
 globals().update(config)
-lengths = [int(t) for t in measure.split(",")] if all(t.isdigit() for t in measure.split(",")) else []
-check(len(lengths) == 2 and 1 <= lengths[0] < lengths[1], "measure", measure, "two increasing lengths such as 256,512")
+for key in ("n_layer", "n_head", "n_kv_head", "n_embd", "n_inner", "vocab_size"):
+    check(config[key] >= 1, key, config[key], "an integer >= 1")
 check(0 < counted <= 1, "counted", counted, "a number in (0, 1]")
+check(loss_chunk >= -1, "loss_chunk", loss_chunk, "-1 (each config's own), 0 (off) or a chunk size")
 RUN_KEYS = dict(method="difflora", variant="both", lora_rank=16, lora_alpha=32.0, lora_dropout=0.1, learn_lambda=True,
                 lambda_init=None, groupnorm=False, lora_targets="all", batch_size=4, block_size=255,
-                gradient_checkpointing=False, dtype="bfloat16")  # what a config file sets that matters here (train.py's defaults)
+                gradient_checkpointing=False, loss_chunk=0, dtype="bfloat16")  # what a config file sets that matters here (train.py's defaults)
 
 
 class LiveTensors(TorchDispatchMode):
@@ -84,16 +87,23 @@ def read_run(path):
         exec(open(path).read(), namespace)
     except OSError as e:
         raise SystemExit(f"error: cannot read config file {path!r} ({e.strerror})") from None
-    return {k: namespace.get(k, v) for k, v in RUN_KEYS.items()}
+    run = {k: namespace.get(k, v) for k, v in RUN_KEYS.items()}
+    return {**run, "loss_chunk": run["loss_chunk"] if loss_chunk == -1 else loss_chunk}
 
 
-def build(run):
+def build(run, layers, meta=False):
+    """The model with `layers` blocks and the run's adapter: random weights on the CPU, or with meta
+    no memory at all (to count parameters and FLOPs)."""
     torch.manual_seed(seed)
-    shape = GPTConfig(**LLAMA, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd, n_inner=n_inner,
-                      vocab_size=vocab_size, block_size=lengths[1])
-    model = GPT.empty(shape)
-    for p in model.parameters():  # any values: they do not change the memory
-        p.data.uniform_(-0.02, 0.02)
+    shape = GPTConfig(**LLAMA, n_layer=layers, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd, n_inner=n_inner,
+                      vocab_size=vocab_size, block_size=run["block_size"])
+    if meta:
+        with torch.device("meta"):
+            model = GPT(shape)
+    else:
+        model = GPT.empty(shape)
+        for p in model.parameters():  # any values: they do not change the memory
+            p.data.uniform_(-0.02, 0.02)
     if run["method"] == "lora":
         apply_lora(model, LoRAConfig(r=run["lora_rank"], alpha=run["lora_alpha"], dropout=run["lora_dropout"],
                                      targets=run["lora_targets"].split(",")))
@@ -101,13 +111,15 @@ def build(run):
         apply_difflora(model, DiffLoRAConfig(r=run["lora_rank"], alpha=run["lora_alpha"], dropout=run["lora_dropout"],
                                              variant=run["variant"], learn_lambda=run["learn_lambda"],
                                              lambda_init=run["lambda_init"], groupnorm=run["groupnorm"]))
+    model.loss_chunk = run["loss_chunk"]
     return model.train()
 
 
-def step_peak(model, T, ctx):
-    """Peak bytes of the tensors a forward and backward pass of one sequence of T tokens makes."""
-    x = torch.randint(0, vocab_size, (1, T))
-    y = x.masked_fill(torch.rand(1, T) >= counted, -1)
+def step_peak(model, B, T, ctx):
+    """Peak bytes of the tensors a forward and backward pass of B sequences of T tokens makes."""
+    torch.manual_seed(seed)
+    x = torch.randint(0, vocab_size, (B, T))
+    y = x.masked_fill(torch.rand(B, T) >= counted, -1)
     model.zero_grad(set_to_none=True)
     with LiveTensors() as live:
         with ctx:
@@ -119,25 +131,26 @@ def step_peak(model, T, ctx):
 t0 = time.time()
 GB = 2**30
 print(f"Llama-family shape: n_layer {n_layer}, n_head {n_head}, n_kv_head {n_kv_head}, n_embd {n_embd}, n_inner {n_inner}, "
-      f"vocab {vocab_size}; counted targets {counted:.0%}; measured at T = {lengths[0]} and {lengths[1]}, one sequence, "
-      f"on the CPU with torch {torch.__version__}")
-print(f"{'config':<36}{'trainable':>11}{'ckpt':>6}{'GFLOP/token':>13}{'weights+adam':>14}{'step':>9}{'total':>9}   (GiB; "
-      f"step and total extrapolated to batch_size x block_size)")
+      f"vocab {vocab_size}; counted targets {counted:.0%}; loss_chunk {loss_chunk}; each config's micro-batch measured with 2 and 3 blocks on the "
+      f"CPU with torch {torch.__version__}, extrapolated to {n_layer}")
+print(f"{'config':<36}{'trainable':>11}{'ckpt':>6}{'GFLOP/token':>13}{'weights+adam':>14}{'step':>9}{'total':>9}   (GiB)")
 for path in configs.split(","):
     run = read_run(path)
     _, _, _, ctx = resolve_device("cpu", run["dtype"])
-    model = build(run)
-    n_all = sum(p.numel() for p in model.parameters())
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    full = build(run, n_layer, meta=True)
+    n_all = sum(p.numel() for p in full.parameters())
+    n_trainable = sum(p.numel() for p in full.parameters() if p.requires_grad)
     static = 4 * n_all + 8 * n_trainable  # fp32 weights; AdamW's exp_avg and exp_avg_sq (the gradients are the step's)
-    tokens = run["batch_size"] * run["block_size"]
+    models = [build(run, layers) for layers in (2, 3)]
     for checkpointing in (True, False):
-        model.gradient_checkpointing = checkpointing
-        small, large = (step_peak(model, T, ctx) for T in lengths)
-        step = small + (large - small) * (tokens - lengths[0]) / (lengths[1] - lengths[0])
-        flops = model.flops_per_token(run["block_size"], recompute=checkpointing) / 1e9  # the blocks' forward pass twice
-        print(f"{path:<36}{n_trainable:>11,}{'on' if checkpointing else 'off':>6}{flops:>13.2f}{static / GB:>14.2f}{step / GB:>9.2f}"
-              f"{(static + step) / GB:>9.2f}   ({run['batch_size']} x {run['block_size']} tokens; "
-              f"{large / GB:.2f} GiB measured at {lengths[1]})", flush=True)
-    del model
+        peaks = []
+        for model in models:
+            model.gradient_checkpointing = checkpointing
+            peaks.append(step_peak(model, run["batch_size"], run["block_size"], ctx))
+        step = peaks[0] + (n_layer - 2) * (peaks[1] - peaks[0])
+        flops = full.flops_per_token(run["block_size"], recompute=checkpointing) / 1e9  # the blocks' forward pass twice
+        print(f"{path:<36}{n_trainable:>11,}{'on' if checkpointing else 'off':>6}{flops:>13.2f}{static / GB:>14.2f}"
+              f"{step / GB:>9.2f}{(static + step) / GB:>9.2f}   ({run['batch_size']} x {run['block_size']} tokens; "
+              f"{peaks[0] / GB:.2f} and {peaks[1] / GB:.2f} GiB with 2 and 3 blocks)", flush=True)
+    del models
 print(f"memory.py: {(time.time() - t0) / 60:.1f} min")

@@ -244,6 +244,7 @@ class GPT(nn.Module):
         self.name_or_path = None  # set by from_pretrained; adapter files record it
         self.adapter = None  # (method, config) once difflora.py has converted the model
         self.gradient_checkpointing = False  # train.py's setting: trade a second forward pass of each block for memory
+        self.loss_chunk = 0  # train.py's setting: > 0, the training loss over chunks of this many targets
         modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
         if config.pos == "learned":
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
@@ -283,7 +284,8 @@ class GPT(nn.Module):
         """idx (B, T) token ids -> logits (B, T, vocab), loss None; with last, the last position's
         logits only, (B, 1, vocab): the one generation samples from. With targets (B, T): the mean
         cross-entropy over the targets != -1, and the logits of those positions only, (N, vocab)
-        in row-major order. Either way the vocabulary matmul, most of a small model's cost and a
+        in row-major order (in training with loss_chunk set, None: the loss is computed over chunks
+        of the targets, so that their logits never exist at once). Either way the vocabulary matmul, most of a small model's cost and a
         large part of a prompt's, runs only where its result is used (a loss on answers alone, as
         in the needle data, counts a few positions per example). With a KVCache, idx holds only
         the new tokens."""
@@ -312,8 +314,18 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x[:, -1:] if last else x), None  # (B, T or 1, vocab)
         keep = targets.view(-1) != -1  # (B*T,)
-        logits = self.lm_head(x.view(-1, x.size(-1))[keep])  # (N, vocab)
-        return logits, F.cross_entropy(logits.float(), targets.view(-1)[keep])
+        h, t = x.view(-1, x.size(-1))[keep], targets.view(-1)[keep]  # (N, C), (N,)
+        if self.loss_chunk and self.training and torch.is_grad_enabled():
+            # the logits (N, vocab), their fp32 log-probabilities and their gradients are most of a long
+            # step's memory: one chunk of them at a time, recomputed in the backward pass (none returned)
+            chunks = zip(h.split(self.loss_chunk), t.split(self.loss_chunk))
+            loss = sum((checkpoint(self._loss_sum, hc, tc, use_reentrant=False) for hc, tc in chunks), h.new_zeros((), dtype=torch.float32))
+            return None, loss / len(t)
+        logits = self.lm_head(h)  # (N, vocab)
+        return logits, F.cross_entropy(logits.float(), t)
+
+    def _loss_sum(self, h, t):
+        return F.cross_entropy(self.lm_head(h).float(), t, reduction="sum")
 
     def crop_block_size(self, block_size):
         """Shrink the context (e.g. 1024 -> 256) to save memory; keeps the first positions."""

@@ -49,6 +49,7 @@ batch_size = 4
 block_size = 255  # the needle examples are 256 tokens
 gradient_accumulation_steps = 2
 gradient_checkpointing = False  # True: keep only each block's input for the backward pass and recompute the rest
+loss_chunk = 0  # > 0: the training loss over chunks of this many targets, so that all their logits never exist at once
 # model shape, used only by init_from='scratch' (a fresh GPT-2 with GPT-2's 50,257-token vocabulary);
 # a pretrained base brings its own shape
 n_layer = 12
@@ -100,7 +101,7 @@ choose("lr_schedule", lr_schedule, ("cosine", "linear"))
 for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval",
             "lora_rank", "n_layer", "n_head", "n_embd"):
     check(config[key] >= 1, key, config[key], "an integer >= 1")
-for key in ("max_iters", "warmup_iters", "lr_decay_iters"):
+for key in ("max_iters", "warmup_iters", "lr_decay_iters", "loss_chunk"):
     check(config[key] >= 0, key, config[key], "an integer >= 0")
 for key in ("dropout", "lora_dropout"):
     check(0 <= config[key] < 1, key, config[key], "a number in [0, 1)")
@@ -292,7 +293,7 @@ try:
         load_trainable_state_dict(model, ckpt["trainable"], f"checkpoint {ckpt_path}")
 except ValueError as e:
     raise SystemExit(f"error: {e}")
-model.gradient_checkpointing = gradient_checkpointing
+model.gradient_checkpointing, model.loss_chunk = gradient_checkpointing, loss_chunk
 model.to(device)
 if master:
     print(param_report(model))

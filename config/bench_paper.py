@@ -1,6 +1,6 @@
 # bench.py on the paper's runs (config/paper): Llama-3.2-1B's shape with random weights, a micro-
 # batch of 2 sequences of 4,096 tokens, every target counted (the worst case), gradient
-# checkpointing on as in config/paper; DiffLoRA-32 (rank 32, both terms) against the LoRA
+# checkpointing and the chunked loss on as in config/paper; DiffLoRA-32 (rank 32, both terms) against the LoRA
 # baseline (r=8 on every linear map). On a GPU, bf16:
 #   python bench.py config/bench_paper.py --device=cuda
 #   python bench.py config/bench_paper.py --device=cuda --compile=True
@@ -19,6 +19,7 @@ rank = 32
 lora_rank = 8
 lora_targets = "all"
 gradient_checkpointing = True
+loss_chunk = 1024
 ratio_shapes = "2x4096"
 pairs = 5
 hf = False
