@@ -156,17 +156,24 @@ def configure(settings, argv):
                 value = text  # a bare string, which the type check below judges
             _set(settings, key, value, arg)
         else:
-            try:
-                source = open(arg).read()
-            except OSError as e:
-                raise SystemExit(f"error: cannot read config file {arg!r} ({e.strerror}); "
-                                 f"arguments are config files or --key=value") from e
-            namespace = {"__file__": os.path.abspath(arg)}  # so that a config file can build on one beside it
-            exec(source, namespace)
-            for key, value in namespace.items():
-                if not key.startswith("_") and isinstance(value, (int, float, bool, str, type(None), tuple)):
-                    _set(settings, key, value, arg)
+            for key, value in read_config(arg, "; arguments are config files or --key=value").items():
+                _set(settings, key, value, arg)
     return settings
+
+
+def read_config(path, hint=""):
+    """{setting: value} of what a config file assigns (plain values only), running it with its own
+    path as __file__, so that it can build on a file beside it. An unreadable file stops the script
+    with one line (plus hint)."""
+    try:
+        with open(path) as f:
+            source = f.read()
+    except OSError as e:
+        raise SystemExit(f"error: cannot read config file {path!r} ({e.strerror}){hint}") from None
+    namespace = {"__file__": os.path.abspath(path)}
+    exec(source, namespace)
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None), tuple))}
 
 
 class ArgumentParser(argparse.ArgumentParser):

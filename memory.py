@@ -22,7 +22,6 @@ fragmentation, and CUDA kernels may keep other workspaces. --counted is the frac
 counted in the loss (the logits are computed only for those); 1.0 is the worst case.
 """
 
-import os
 import sys
 import time
 
@@ -31,7 +30,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from configurator import check, configure, resolve_device
+from configurator import check, configure, read_config, resolve_device
 from difflora import DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora
 from model import GPT, GPTConfig, LLAMA
 
@@ -82,12 +81,8 @@ class LiveTensors(TorchDispatchMode):
 
 def read_run(path):
     """The settings of a train.py config file that this estimate needs."""
-    namespace = {"__file__": os.path.abspath(path)}  # as configurator.py runs it
-    try:
-        exec(open(path).read(), namespace)
-    except OSError as e:
-        raise SystemExit(f"error: cannot read config file {path!r} ({e.strerror})") from None
-    run = {k: namespace.get(k, v) for k, v in RUN_KEYS.items()}
+    assigned = read_config(path)
+    run = {k: assigned.get(k, v) for k, v in RUN_KEYS.items()}
     return {**run, "loss_chunk": run["loss_chunk"] if loss_chunk == -1 else loss_chunk}
 
 

@@ -285,9 +285,10 @@ class GPT(nn.Module):
         logits only, (B, 1, vocab): the one generation samples from. With targets (B, T): the mean
         cross-entropy over the targets != -1, and the logits of those positions only, (N, vocab)
         in row-major order (in training with loss_chunk set, None: the loss is computed over chunks
-        of the targets, so that their logits never exist at once). Either way the vocabulary matmul, most of a small model's cost and a
-        large part of a prompt's, runs only where its result is used (a loss on answers alone, as
-        in the needle data, counts a few positions per example). With a KVCache, idx holds only
+        of the targets, so that their logits never exist at once). Either way the vocabulary
+        matmul, most of a small model's cost and a large part of a prompt's, runs only where its
+        result is used (a loss on answers alone, as in the needle data, counts a few positions per
+        example). With a KVCache, idx holds only
         the new tokens."""
         B, T = idx.size()
         pos0 = cache.pos if cache is not None else 0
@@ -319,8 +320,8 @@ class GPT(nn.Module):
             # the logits (N, vocab), their fp32 log-probabilities and their gradients are most of a long
             # step's memory: one chunk of them at a time, recomputed in the backward pass (none returned)
             chunks = zip(h.split(self.loss_chunk), t.split(self.loss_chunk))
-            loss = sum((checkpoint(self._loss_sum, hc, tc, use_reentrant=False) for hc, tc in chunks), h.new_zeros((), dtype=torch.float32))
-            return None, loss / len(t)
+            losses = (checkpoint(self._loss_sum, hc, tc, use_reentrant=False) for hc, tc in chunks)
+            return None, sum(losses, h.new_zeros((), dtype=torch.float32)) / len(t)
         logits = self.lm_head(h)  # (N, vocab)
         return logits, F.cross_entropy(logits.float(), t)
 

@@ -15,6 +15,7 @@ pre-tokenizer is named or given as a regex.
     enc.chat_prompt("What is the capital of France?")   # ChatML ids, ready for generate()
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -49,9 +50,6 @@ class Tokenizer(tiktoken.Encoding):
                  preamble=None, absent=()):
         super().__init__(name, pat_str=pat_str, mergeable_ranks=mergeable_ranks, special_tokens=special_tokens)
         self.bos, self.eos, self.chat_format, self.system, self.preamble = bos, eos, chat_format, system, preamble
-        self._token_bytes = np.zeros(self.max_token_value + 1, dtype=np.int64)  # each id's length in bytes
-        for token, i in [*mergeable_ranks.items(), *((t.encode(), i) for t, i in special_tokens.items())]:
-            self._token_bytes[i] = len(token)
         # bytes the vocabulary lacks (SmolLM2's has no token for 21 rare ones, such as 0x04): tiktoken
         # needs a rank for every byte, so they get ids past the vocabulary, dropped from every
         # encoding as Hugging Face's BPE drops them
@@ -113,8 +111,8 @@ class Tokenizer(tiktoken.Encoding):
             pieces.append((head.format("assistant"), False))
         text = "".join(t for t, _ in pieces)
         ids = super().encode(text, allowed_special="all")  # before absent bytes are dropped: offsets stay exact
-        ends = np.cumsum(self._token_bytes[ids])  # (n,) byte offset where each token ends
-        starts = ends - self._token_bytes[ids]
+        sizes = self._token_bytes[ids]  # (n,) each token's length in bytes
+        starts = np.cumsum(sizes) - sizes  # (n,) byte offset where each token starts
         mask = np.zeros(len(ids), dtype=np.uint8)
         at = 0
         for piece, counted in pieces:
@@ -126,6 +124,14 @@ class Tokenizer(tiktoken.Encoding):
             keep = ~np.isin(ids, list(self.absent))
             ids, mask = np.asarray(ids)[keep].tolist(), mask[keep]
         return ids, mask
+
+    @functools.cached_property
+    def _token_bytes(self):
+        """Each id's length in bytes (built on first use: only chat() needs it)."""
+        sizes = np.zeros(self.max_token_value + 1, dtype=np.int64)
+        for token, i in [*self._mergeable_ranks.items(), *((t.encode(), i) for t, i in self._special_tokens.items())]:
+            sizes[i] = len(token)
+        return sizes
 
     @property
     def chat_end(self):

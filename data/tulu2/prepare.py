@@ -80,19 +80,21 @@ else:
         raise SystemExit(f"error: could not download {REPO} ({type(e).__name__}): with no connection to the hub, "
                          f"pass its parquet files with --input") from None
     files = sorted(glob.glob(os.path.join(folder, "data", "*.parquet")))
+parquets = {}  # path -> the open file, every one checked before any is read
 for path in files:
     try:
-        names = pq.ParquetFile(path).schema_arrow.names
+        parquets[path] = pq.ParquetFile(path)
     except Exception as e:
         raise SystemExit(f"error: {path} is not a readable parquet file ({type(e).__name__}: {e})") from None
+    names = parquets[path].schema_arrow.names
     if "messages" not in names:
         raise SystemExit(f"error: {path} has no 'messages' column (its columns: {', '.join(names)}): Tulu's format holds "
                          f"each conversation as a list of {{role, content}} in 'messages'")
 
 t0 = time.time()
 examples, n_read, n_cut, n_empty, tokens_before = [], 0, 0, 0, 0
-for path in files:
-    for batch in pq.ParquetFile(path).iter_batches(columns=["messages"], batch_size=1000):
+for parquet in parquets.values():
+    for batch in parquet.iter_batches(columns=["messages"], batch_size=1000):
         for messages in batch.column(0).to_pylist():
             n_read += 1
             ids, mask = enc.chat(messages)
