@@ -213,13 +213,18 @@ def test_padded_batches_equal_examples_alone(tulu, tmp_path):
     assert [g["get_lr"](it) for it in (0, 1, 2, 6, 10)] == pytest.approx([1 / 3, 2 / 3, 1.0, 0.5, 0.0], abs=1e-12)
 
 
-def test_gradient_checkpointing_same_gradients():
+FAMILIES = {"llama": {**LLAMA, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 64, "n_inner": 96, "vocab_size": 101,
+                      "block_size": 32},
+            "gpt2": {"n_layer": 2, "n_head": 4, "n_embd": 64, "vocab_size": 101, "block_size": 32}}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_gradient_checkpointing_same_gradients(family):
     """Checkpointed blocks give the same loss and gradients as stored activations, dropout included
     (the recomputation replays the same masks)."""
     from difflora import DiffLoRAConfig, apply_difflora
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**{**LLAMA, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 64, "n_inner": 96,
-                             "vocab_size": 101, "block_size": 32}))
+    model = GPT(GPTConfig(**FAMILIES[family]))
     apply_difflora(model, DiffLoRAConfig(r=4, alpha=8, dropout=0.1))
     x = torch.randint(0, 101, (2, 32))
     calls = []
@@ -297,14 +302,14 @@ def test_memory_estimate(capsys):
         assert abs(peaks[0] + 2 * (peaks[1] - peaks[0]) - peaks[2]) < 0.005 * peaks[2]
 
 
-def test_chunked_loss_same_loss_and_gradients():
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_chunked_loss_same_loss_and_gradients(family):
     """loss_chunk: the training loss over chunks of the targets (each chunk's logits recomputed in
     the backward pass) equals the loss over all of them, and so do the gradients; outside training
     the logits come back as before."""
     from difflora import DiffLoRAConfig, apply_difflora
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**{**LLAMA, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 64, "n_inner": 96,
-                             "vocab_size": 101, "block_size": 32}))
+    model = GPT(GPTConfig(**FAMILIES[family]))
     apply_difflora(model, DiffLoRAConfig(r=4, alpha=8, dropout=0.0))
     x = torch.randint(0, 101, (2, 32))
     y = x.masked_fill(torch.rand(2, 32) < 0.3, -1)  # 45 counted targets: chunks of 7, the last one short
