@@ -39,9 +39,10 @@ def _set(settings, key, value, where):
     settings[key] = value
 
 
-def print_help(settings, script):
-    """The script's docstring, then each setting as `--key=default  # the comment in its source`."""
-    comments = {}
+def print_help(settings, script, comments=None):
+    """The script's docstring, then each setting as `--key=default  # the comment in its source`
+    (or in comments, for settings defined elsewhere)."""
+    comments = dict(comments or {})
     with open(script.__file__) as f:
         for line in f:
             m = re.match(r"\s*(\w+) = .*?(?:  # (.*))?$", line)
@@ -53,6 +54,37 @@ def print_help(settings, script):
         comment = f"  # {comments[key]}" if comments.get(key) else ""
         shown = repr(default) if isinstance(default, str) and not default.isprintable() else default  # e.g. "\n"
         print(f"  --{key}={shown}{comment}")
+
+
+def dataclass_settings(classes, names):
+    """A script's settings made from dataclass fields: ({setting: default}, {setting: comment}),
+    the comment being the one beside the field in its class's source. names: {field: setting}
+    for fields that take another name (the others keep theirs); a tuple default becomes
+    comma-separated text; where classes share a field, the first class's default counts."""
+    import dataclasses
+    import inspect
+    defaults, comments = {}, {}
+    for cls in classes:
+        for line in inspect.getsource(cls).splitlines():
+            m = re.match(r"\s*(\w+): .*? = .*?(?:  # (.*))?$", line)
+            if m and m.group(2):
+                comments.setdefault(names.get(m.group(1), m.group(1)), m.group(2).strip())
+        for f in dataclasses.fields(cls):
+            default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+            defaults.setdefault(names.get(f.name, f.name), default)
+    return defaults, comments
+
+
+def dataclass_from_settings(cls, settings, names):
+    """cls(**fields) with each field's value from its setting (named as in dataclass_settings). A
+    value outside cls.CHOICES (each item of a comma-separated one) stops with one line naming the
+    setting; cls's own checks (ValueError) stop with theirs."""
+    import dataclasses
+    for key, options in getattr(cls, "CHOICES", {}).items():
+        name = names.get(key, key)
+        check(all(v in options for v in str(settings[name]).split(",")), name, settings[name], " | ".join(options))
+    with user_errors():
+        return cls(**{f.name: settings[names.get(f.name, f.name)] for f in dataclasses.fields(cls)})
 
 
 def check(ok, key, value, allowed):
@@ -100,6 +132,17 @@ def resolve_device(device, dtype="auto", gpu_fallback="float32"):
     return device, kind, dtype, ctx
 
 
+def peak_flops(device):
+    """Dense bf16 peak FLOP/s of a known GPU, for MFU; None when unknown (CPU included)."""
+    import torch
+    if not str(device).startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    table = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12,
+             "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
+    return next((v for k, v in table.items() if k in name), None)
+
+
 @contextmanager
 def user_errors(suffix=""):
     """Inside it, what a user's input can cause (a missing file or model, a corrupt checkpoint, a
@@ -138,12 +181,13 @@ def read_text(key, value):
         raise SystemExit(f"error: {key}={value!r}: there is no file {value[5:]!r} or it cannot be read ({e.strerror})") from None
 
 
-def configure(settings, argv):
+def configure(settings, argv, comments=None):
     """Apply config files and --key=value arguments to settings (name -> default), in order.
-    --help or -h prints the calling script's settings and exits."""
+    --help or -h prints the calling script's settings (comments: {key: help} of settings whose
+    line is not in the script) and exits."""
     settings = dict(settings)
     if "--help" in argv or "-h" in argv:
-        print_help(settings, sys.modules[sys._getframe(1).f_globals["__name__"]])
+        print_help(settings, sys.modules[sys._getframe(1).f_globals["__name__"]], comments)
         raise SystemExit(0)
     for arg in argv:
         if arg.startswith("--"):

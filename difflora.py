@@ -1,32 +1,37 @@
 """
 DiffLoRA: differential low-rank adapters (Misrahi et al. 2025, arXiv 2507.23588) on a
-pretrained GPT-2, and the plain LoRA baseline it is compared against.
+pretrained transformer of model.py (GPT-2 or the Llama family), and the plain LoRA baseline it
+is compared against.
 
-Differential attention (Ye et al. 2024, arXiv 2410.05258) gives every head TWO attention
-maps over the same values and subtracts one from the other, so that attention both maps
-put on irrelevant tokens ("noise") cancels:
+Differential attention (Ye et al. 2024, arXiv 2410.05258) gives every attention head TWO maps
+over the same values and subtracts one from the other, so that attention both maps put on
+irrelevant tokens ("noise") cancels:
 
     A1 = softmax(Q1 K1^T / sqrt(d) + mask)     positive map
     A2 = softmax(Q2 K2^T / sqrt(d) + mask)     negative map      (d = head_dim)
     DiffAttn(x) = (A1 - lambda A2) V
 
-DiffLoRA makes a pretrained attention layer differential without touching its weights.
-Every pretrained matrix stays frozen; only low-rank adapters (and lambda) are trained:
+DiffLoRA makes a pretrained attention layer differential without touching its weights: every
+pretrained matrix stays frozen, only low-rank adapters (and lambda) are trained. Row vectors
+throughout, as in the code: x holds one token per row and a map multiplies on the right, x W.
 
                   x (B, T, C)
-      ┌───────────────┼────────────────────────┐
-      │               │                        │
-    Q1 = x W_Q + s B_q1 A_q1 x    Q2 = s B_q2 A_q2 x        V = x W_V
-    K1 = x W_K + s B_k1 A_k1 x    K2 = s B_k2 A_k2 x        (frozen, one V for both maps)
-      │  positive term                │  negative term
-    A1 = softmax(Q1 K1^T / sqrt(d))   A2 = softmax(Q2 K2^T / sqrt(d))
-      └────────────── (A1 - lambda A2) V ───────────┘
+      ┌───────────────┼──────────────────────────┐
+      │               │                          │
+    Q1 = x W_Q + s x A_q1 B_q1    Q2 = s x A_q2 B_q2       V = x W_V
+    K1 = x W_K + s x A_k1 B_k1    K2 = s x A_k2 B_k2       (frozen, one V for both maps)
+      │  positive term                 │  negative term
+    A1 = softmax(Q1 K1^T / sqrt(d))    A2 = softmax(Q2 K2^T / sqrt(d))
+      └────────────── (A1 - lambda A2) V ────────────┘
                            │
          [optional: (1 - lambda_init) * RMSNorm per head]
                            │
                      W_O (frozen)
 
-    s = alpha / r,  A: C -> r,  B: r -> C   (nn.Linear layout: delta W = s * B.weight @ A.weight)
+    s = alpha / r,   A: (C, r),   B: (r, C)   so x A B is (T, C), like x W_Q
+    (with grouped-query attention K's B is (r, C_kv), like W_K: (C, C_kv)). nn.Linear stores
+    the transposes, A = lora.A.weight.T and B = lora.B.weight.T; the weight update s A B is
+    s * (lora.B.weight @ lora.A.weight) in nn.Linear's (out, in) layout.
 
 lambda is one scalar per layer, learned through the reparameterisation
     lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init,   lq1, lk1, lq2, lk2 ~ N(0, 0.1^2)
@@ -60,30 +65,27 @@ What each variant computes at step 0 (before any update):
 Two ways to compute it, with the same parameters. The fused path uses
 (A1 - lambda A2) V = A1 V - lambda (A2 V): two scaled_dot_product_attention calls, one per map,
 no T x T matrix, so memory grows linearly in T. The explicit path materialises A1 and A2
-(softmax in fp32) and can keep them for analysis (attention_maps); it too computes
+(softmax in fp32) so that they can be looked at (analysis/attention_maps.py); it too computes
 A1 V - lambda (A2 V), so backward keeps the two maps and no third one.
 
 What it costs. Over LoRA on Q, K at rank 2r (the same parameter count), the arithmetic adds one
-attention map per head. The adapters that read the same x (Q1, K1, Q2, K2 and V's) run as one
-batched computation (lora_deltas): two batched matmuls with the scales folded into B, and
-their dropout masks drawn together. Each adapter keeps its own mask, as in the paper, so four
-adapters draw twice the masks of LoRA's two: the one cost beyond the extra map.
+attention map per head. The adapters that read the same x run as one batched computation
+(speedups.adapter_deltas), each with its own dropout mask as in the paper: four adapters draw
+twice the masks of LoRA's two, the one cost beyond the extra map.
 """
 
-import json
 import math
-import os
-import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from model import (ALIASES, GPT, apply_rope, cache_extend, causal_attention, causal_mask, checkpoint_path, file_sha256,
-                   repeat_kv, save_atomically)
+from model import apply_rope, cache_extend, causal_attention, causal_mask, repeat_kv
+from speedups import adapter_deltas, lora_deltas
 
 VARIANTS = ("both", "negative", "shared")
+INITS = ("paper", "preserve")
 # the linear maps of a block that the LoRA baseline can adapt, by family; "all" names every one
 GPT2_TARGETS = ("q", "k", "v", "attn_out", "mlp_in", "mlp_out")  # q, k, v are thirds of the fused c_attn
 LLAMA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # gate and up are halves of the fused c_fc
@@ -102,14 +104,13 @@ class DiffLoRAConfig:
     lora_v: bool = False        # also LoRA on V (reads x)
     lora_o: bool = False        # also LoRA on the output projection (reads the attention output)
     init: str = "paper"         # paper | preserve (step 0 equals the base model exactly)
+    CHOICES = dict(variant=VARIANTS, init=INITS)  # the allowed values of the fields that have a few (train.py checks them too)
 
     def __post_init__(self):
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.init not in ("paper", "preserve"):
-            raise ValueError(f"init must be 'paper' or 'preserve', got {self.init!r}")
-        if self.r < 1:
-            raise ValueError(f"rank r must be >= 1, got {self.r}")
+        for key, options in self.CHOICES.items():
+            if getattr(self, key) not in options:
+                raise ValueError(f"{key} must be one of {options}, got {getattr(self, key)!r}")
+        check_rank_and_dropout(self)
         if self.lambda_init is not None and not isinstance(self.lambda_init, (int, float)):
             raise ValueError(f"lambda_init must be None (the depth schedule) or a number, got {self.lambda_init!r}")
         if self.init == "preserve" and (self.groupnorm or not self.learn_lambda or self.lambda_init not in (None, 0)):
@@ -123,14 +124,26 @@ class LoRAConfig:
     alpha: float = 16.0
     dropout: float = 0.05
     targets: tuple = ("all",)  # GPT-2: q, k, v, attn_out, mlp_in, mlp_out; Llama: q, k, v, o, gate, up, down; or all
+    CHOICES = dict(targets=LORA_TARGETS)  # targets: any of them (train.py takes them comma-separated)
 
     def __post_init__(self):
-        self.targets = tuple(self.targets)
+        self.targets = tuple(self.targets.split(",") if isinstance(self.targets, str) else self.targets)
         bad = [t for t in self.targets if t not in LORA_TARGETS]
         if bad or not self.targets:
             raise ValueError(f"LoRA targets must be a non-empty subset of {LORA_TARGETS}, got {self.targets}")
-        if self.r < 1:
-            raise ValueError(f"rank r must be >= 1, got {self.r}")
+        check_rank_and_dropout(self)
+
+
+# what train.py calls the fields the two configs share (the others keep their names: --variant, --init, ...)
+SETTING_NAMES = {"r": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "lora_targets"}
+METHODS = {"difflora": DiffLoRAConfig, "lora": LoRAConfig}
+
+
+def check_rank_and_dropout(config):
+    if config.r < 1:
+        raise ValueError(f"rank r must be >= 1, got {config.r}")
+    if not 0 <= config.dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
 
 
 def lambda_init_schedule(depth):
@@ -139,10 +152,10 @@ def lambda_init_schedule(depth):
 
 
 class LoRA(nn.Module):
-    """delta(x) = s * B(A(dropout(x))), s = alpha / r. A (r, in) is kaiming-uniform, i.e.
-    U(+-1/sqrt(in)); B (out, r) is zero, or kaiming U(+-1/sqrt(r)) with random_b (the
-    negative term). The weight delta in nn.Linear layout is s * B.weight @ A.weight (out, in).
-    Adapters that read the same x run together through lora_deltas."""
+    """delta(x) = s · dropout(x) A B, s = alpha / r, for x (..., in): A (in, r), B (r, out), stored
+    by nn.Linear as A.weight (r, in) and B.weight (out, r). A is kaiming-uniform, i.e.
+    U(+-1/sqrt(in)); B is zero, or kaiming U(+-1/sqrt(r)) with random_b (the negative term).
+    The weight update s A B is s * B.weight @ A.weight in nn.Linear's (out, in) layout."""
 
     def __init__(self, in_features, out_features, r, alpha, dropout=0.0, random_b=False, like=None):
         super().__init__()
@@ -158,50 +171,10 @@ class LoRA(nn.Module):
         self.p = dropout
 
     def forward(self, x):
-        return lora_deltas(x, [self]).squeeze(0)  # (..., in) -> (..., out)
+        return lora_deltas(x, [self]).squeeze(0)  # s · dropout(x) A B: (..., in) -> (..., out)
 
     def delta_weight(self):
         return self.scale * self.B.weight @ self.A.weight  # (out, in)
-
-
-def dropout_keep(n, x, p):
-    """n independent dropout masks for x: (keep (n, *x.shape) bool, scale), where each element is
-    kept with probability 1 - p and then multiplied by scale = 1 / (1 - p). PyTorch's CPU
-    generator is sequential and spends 32 bits on every element, so bernoulli_ cost more than the
-    adapters' matmuls; here each 64-bit draw gives four elements 16 random bits each. p is
-    rounded to a multiple of 2^-16 (0.1 becomes 0.100006) and scale uses the rounded value, so a
-    kept-and-scaled element keeps its expected value exactly."""
-    numel = n * x.numel()
-    bits = torch.randint(-2**63, 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64, device=x.device)
-    drop = round(p * 2**16)  # the lowest `drop` of the 2^16 values of an int16 drop the element
-    keep = bits.view(torch.int16)[:numel] >= drop - 2**15
-    return keep.view(n, *x.shape), 2**16 / (2**16 - drop)
-
-
-def adapter_deltas(x, loras):
-    """{adapter: its delta} for adapters that all read x: lora_deltas once per output width (with
-    grouped-query attention the K and V adapters are narrower than the Q ones)."""
-    out = {}
-    for width in dict.fromkeys(lora.B.out_features for lora in loras):
-        group = [lora for lora in loras if lora.B.out_features == width]
-        out.update(zip(group, lora_deltas(x, group).unbind(0)))
-    return out
-
-
-def lora_deltas(x, loras):
-    """[s_i B_i(A_i(dropout_i(x)))] for adapters that all read x (B, T, in), stacked (n, B, T, out),
-    each with its own dropout mask (in training). Computed as two batched matmuls, with the
-    scales folded into the small A_i and B_i, instead of 2n thin matmuls and 2n scale multiplies."""
-    n, p = len(loras), loras[0].p
-    A = torch.stack([lora.A.weight for lora in loras])  # (n, r, in)
-    B = torch.stack([lora.scale * lora.B.weight for lora in loras])  # (n, out, r)
-    x2 = x.reshape(-1, x.size(-1))  # (N, in), N = B*T
-    if p > 0 and loras[0].training:
-        keep, scale = dropout_keep(n, x2, p)  # the dropout's 1 / (1 - p) goes into the small A, not the (n, N, in) input
-        u = torch.bmm(torch.where(keep, x2, 0.0), scale * A.transpose(1, 2))  # (n, N, r)
-    else:  # no dropout: one matmul against all the A's side by side
-        u = (x2 @ A.view(-1, A.size(-1)).t()).view(-1, n, A.size(1)).transpose(0, 1)  # (n, N, r)
-    return torch.bmm(u, B.transpose(1, 2)).view(n, *x.shape[:-1], B.size(1))  # (n, B, T, out)
 
 
 class LoRALinear(nn.Module):
@@ -315,9 +288,9 @@ class DiffLoRAAttention(nn.Module):
                 self.lambda_k2.data.copy_(self.lambda_k1.data)
         self.gn_gain = nn.Parameter(torch.ones(hd, **kw)) if config.groupnorm else None
         self.explicit = False   # True: materialise A1, A2 (analysis, tests); False: fused kernels
-        self.keep_maps = None  # with explicit: a slice of query rows whose (A1, lambda A2) the last call keeps in self.maps
+        self.keep_maps = None  # with explicit: a slice of query rows whose (A1, lambda A2) attend keeps in self.maps
         self.maps = None
-        self.merged = False
+        self.merged = False  # merge() folded the positive term's LoRA (and V's, W_O's) into c_attn and c_proj
 
     def lam(self):
         """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init (a 0-dim tensor), or the fixed value."""
@@ -326,39 +299,51 @@ class DiffLoRAAttention(nn.Module):
         return reparam_lambda(self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2, self.lambda_init)
 
     def forward(self, x, cache=None, rope=None):
+        """x (B, T, C) -> (B, T, C): the diagram at the top of this file, for one layer."""
         B, T, C = x.size()
         H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.c_attn(x).split(self.sizes, dim=2)  # pretrained (positive LoRA folded in when merged)
-        positive = self.lora_q1 is not None and not self.merged
-        lora_v = self.lora_v is not None and not self.merged
-        adapters = [self.lora_q2, self.lora_k2] + [self.lora_q1, self.lora_k1] * positive + [self.lora_v] * lora_v
-        d = adapter_deltas(x, adapters)  # every adapter that reads x, batched
-        q1, k1 = (q + d[self.lora_q1], k + d[self.lora_k1]) if positive else (q, k)  # positive term: pretrained + LoRA
-        q2, k2 = d[self.lora_q2], d[self.lora_k2]  # negative term: LoRA only
-        if self.variant == "shared":
+        q, k, v = self.c_attn(x).split(self.sizes, dim=2)  # x W_Q, x W_K, x W_V: the frozen pretrained maps
+        delta = self.input_deltas(x)  # {"q1": s x A_q1 B_q1, "k1", "q2", "k2", "v"}: 0 where there is no adapter
+        q1, k1 = q + delta["q1"], k + delta["k1"]  # positive term: pretrained + LoRA
+        q2, k2 = delta["q2"], delta["k2"]  # negative term: LoRA only
+        if self.variant == "shared":  # the official code's form: the pretrained map plus a LoRA of its own
             q2, k2 = q + q2, k + k2
-        if lora_v:
-            v = v + d[self.lora_v]
+        v = v + delta["v"]
         q1, q2 = (t.view(B, T, H, hd).transpose(1, 2) for t in (q1, q2))  # (B, H, T, hd)
         k1, k2, v = (t.view(B, T, Hkv, hd).transpose(1, 2) for t in (k1, k2, v))  # (B, Hkv, T, hd)
         if rope is not None:  # both maps see positions alike
             q1, k1, q2, k2 = (apply_rope(t, *rope) for t in (q1, k1, q2, k2))
-        k1, k2, v = cache_extend(cache, k1=k1, k2=k2, v=v)  # (B, Hkv, Tk, hd)
-        lam = self.lam()
-        p = self.dropout if self.training else 0.0
-        if self.explicit:  # the maps materialised, to look at them
-            y, a1, a2 = explicit_differential_attention(q1, k1, q2, k2, v, lam, p)
-            if self.keep_maps:
-                self.maps = (a1[:, :, self.keep_maps].detach(), (lam * a2[:, :, self.keep_maps]).detach())
-        else:
-            y = fused_differential_attention(q1, k1, q2, k2, v, lam, p)  # (B, H, T, hd)
+        k1, k2, v = cache_extend(cache, k1=k1, k2=k2, v=v)  # (B, Hkv, Tk, hd), Tk = cached + T
+        y = self.attend(q1, k1, q2, k2, v, self.lam())  # (A1 - lambda A2) V: (B, H, T, hd)
         if self.gn_gain is not None:
             y = head_norm(y, self.gn_gain, self.lambda_init)
         y = y.transpose(1, 2).contiguous().view(B, T, H * hd)
-        out = self.c_proj(y)
-        if self.lora_o is not None and not self.merged:
-            out = out + self.lora_o(y)
-        return self.resid_dropout(out)
+        return self.resid_dropout(self.c_proj(y) + self.output_delta(y))  # x W_O (frozen), plus its LoRA if any
+
+    def input_deltas(self, x):
+        """{name: s · dropout(x) A B} of the adapters that read x: q1, k1, q2, k2 and v, all in one
+        batched computation (speedups.adapter_deltas); 0 for an adapter that the variant lacks, or
+        whose update merge() has folded into c_attn."""
+        names = ("q2", "k2") if self.merged else ("q2", "k2", "q1", "k1", "v")
+        loras = {n: getattr(self, "lora_" + n) for n in names if getattr(self, "lora_" + n) is not None}
+        deltas = adapter_deltas(x, list(loras.values()))
+        return {n: deltas[loras[n]] if n in loras else 0 for n in ("q1", "k1", "q2", "k2", "v")}
+
+    def output_delta(self, y):
+        """s · dropout(y) A_o B_o, the LoRA on W_O (it reads the attention output y); 0 without one."""
+        return self.lora_o(y) if self.lora_o is not None and not self.merged else 0
+
+    def attend(self, q1, k1, q2, k2, v, lam):
+        """(A1 - lambda A2) V for q (B, H, Tq, hd), k and v (B, Hkv, Tk, hd): two fused attention
+        calls, or with self.explicit the maps materialised, and with keep_maps those rows of A1 and
+        lambda A2 kept in self.maps (to look at them)."""
+        p = self.dropout if self.training else 0.0
+        if not self.explicit:
+            return fused_differential_attention(q1, k1, q2, k2, v, lam, p)
+        y, a1, a2 = explicit_differential_attention(q1, k1, q2, k2, v, lam, p)
+        if self.keep_maps:
+            self.maps = (a1[:, :, self.keep_maps].detach(), (lam * a2[:, :, self.keep_maps]).detach())
+        return y
 
     def fold(self, sign):
         """Merge (+1) the positive-term LoRA (and those on V and W_O) into the frozen weights, or
@@ -452,19 +437,19 @@ def param_report(model):
     return "\n".join(rows)
 
 
-def _adapted_modules(model):
+def adapted_modules(model):
     return [m for m in model.modules() if isinstance(m, (LoRALinear, DiffLoRAAttention))]
 
 
 def merge(model):
     """Fold the adapters into the frozen weights (LoRA: all; DiffLoRA: the positive term, V, W_O)."""
-    for m in _adapted_modules(model):
+    for m in adapted_modules(model):
         if not m.merged:
             m.fold(+1)
 
 
 def unmerge(model):
-    for m in _adapted_modules(model):
+    for m in adapted_modules(model):
         if m.merged:
             m.fold(-1)
 
@@ -493,173 +478,3 @@ def set_attention_path(model, explicit):
             m.explicit = explicit
 
 
-@torch.no_grad()
-def attention_maps(model, idx, rows=None):
-    """Run idx (B, T) and return, per layer, (A1, lambda*A2, lambda) with the maps (B, H, T, T) in
-    fp32: DiffLoRA layers through the explicit path (the differential map is A1 - lambda*A2);
-    plain layers (base or LoRA) give (A, None, 0.0), recomputed from their q and k (rotated by
-    RoPE on a Llama-family model). rows (a slice of query positions, e.g. slice(-1, None) for
-    the last token's row) keeps only those rows, (B, H, rows, T): at T = 4096 the whole maps of a
-    30-layer model would take gigabytes."""
-    rows = slice(None) if rows is None else rows
-    plain, hooks = {}, []
-    layers = [block.attn for block in model.transformer.h]
-    for i, attn in enumerate(layers):
-        if isinstance(attn, DiffLoRAAttention):
-            attn.explicit, attn.keep_maps = True, rows
-        else:
-            def hook(m, args, output, i=i):  # args: the layer's (x, cache, rope)
-                x, rope = args[0], args[2]
-                B, T, _ = x.size()
-                q, k, _ = m.c_attn(x).split(m.sizes, dim=2)
-                q = q.view(B, T, m.n_head, m.head_dim).transpose(1, 2)  # (B, H, T, hd)
-                k = k.view(B, T, m.n_kv_head, m.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-                if rope is not None:
-                    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-                if rows.stop is None and rows.step is None:  # the last rows: only their queries (causal_softmax aligns them at the end)
-                    plain[i] = causal_softmax(q[:, :, rows], k)
-                else:
-                    plain[i] = causal_softmax(q, k)[:, :, rows]
-            hooks.append(attn.register_forward_hook(hook))
-    try:
-        model(idx)
-        return [(a.maps[0], a.maps[1], a.lam().item()) if isinstance(a, DiffLoRAAttention) else (plain[i], None, 0.0)
-                for i, a in enumerate(layers)]
-    finally:
-        for h in hooks:
-            h.remove()
-        for a in layers:
-            if isinstance(a, DiffLoRAAttention):
-                a.explicit, a.keep_maps, a.maps = False, None, None
-
-
-def attention_regions(T, needle=None, query=None):
-    """Disjoint boolean masks (T,) over key positions that together cover all T: 'first' (the
-    first token, where much attention sinks), 'needle' and 'query' (token ranges [start, end),
-    the needle also a list of them), 'rest'. Summing a map's row over each region splits its
-    mass the way the paper's analysis does."""
-    regions = {"first": torch.zeros(T, dtype=torch.bool)}
-    regions["first"][0] = True
-    taken = regions["first"].clone()
-    for name, spans in (("needle", needle), ("query", query)):
-        m = torch.zeros(T, dtype=torch.bool)
-        for start, end in [] if spans is None else [spans] if isinstance(spans[0], int) else spans:
-            m[start:end] = True
-        regions[name] = m & ~taken
-        taken |= regions[name]
-    regions["rest"] = ~taken
-    return regions
-
-
-def region_mass(a, regions):
-    """{region: (..., Tq) attention mass}, for a map a (..., Tq, T) and attention_regions(T)."""
-    return {name: a[..., m.to(a.device)].sum(-1) for name, m in regions.items()}
-
-
-def load_trained(path, base=""):
-    """A model to run: a train.py out_dir (adapter.safetensors on its base model, or on `base` if
-    given; or a full fine-tune, which is a plain checkpoint), or any name or directory that
-    GPT.from_pretrained takes."""
-    adapter = os.path.join(path, "adapter.safetensors")
-    if os.path.isdir(path) and os.path.exists(adapter):
-        recorded = read_adapter(adapter)[2]["name_or_path"]
-        try:
-            base_model = GPT.from_pretrained(base or recorded)
-        except (OSError, ValueError) as e:
-            if base:
-                raise
-            raise type(e)(f"the adapter in {path} was trained on the base model {recorded!r}, which cannot be loaded "
-                          f"here ({e}); pass --base=FOLDER_OR_HUB_ID of a base model of the same shape") from e
-        return load_adapter(base_model, adapter)
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
-        raise ValueError(f"no checkpoint in {path!r}: expected adapter.safetensors or model.safetensors there. "
-                         f"Train first (python train.py --out_dir={path}) or pass a base model such as gpt2")
-    return GPT.from_pretrained(path)
-
-
-# ----------------------------------------------------------------------------- adapter files
-
-SHAPE_KEYS = ("n_layer", "n_embd", "n_head", "vocab_size", "n_kv_head", "head_dim", "family")  # an adapter fits only these
-
-
-def base_identity(model):
-    """What an adapter file records of its base: where it came from (for a GGUF file, also a hash
-    of its content: one name can stand for another file on another machine) and its shape."""
-    c = model.config
-    ident = dict(name_or_path=str(model.name_or_path), n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head,
-                 vocab_size=c.vocab_size, n_kv_head=c.n_kv_head, head_dim=c.head_dim, family=c.family)
-    if model.name_or_path in ALIASES or str(model.name_or_path).endswith(".gguf"):
-        ident["gguf_sha256"] = file_sha256(checkpoint_path(model.name_or_path))
-    return ident
-
-
-def trainable_state_dict(model):
-    """Exactly what was trained: the tensors that require grad (adapters, lambda vectors, gains)."""
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def save_adapter(model, path):
-    """Write the trainable tensors to a safetensors file, with the method, its configuration and
-    the base model's identity as metadata. Atomic: a crash mid-write leaves the old file intact."""
-    method, config = model.adapter
-    from safetensors.torch import save_file
-    metadata = {"method": method, "config": json.dumps(asdict(config)), "base": json.dumps(base_identity(model))}
-    tensors = {k: v.contiguous().cpu() for k, v in trainable_state_dict(model).items()}
-    save_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-
-
-def read_adapter(path):
-    """(method, config, base identity, tensors) of an adapter file."""
-    from safetensors.torch import load_file
-    from safetensors import safe_open
-    try:
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(path)
-    except Exception as e:
-        raise ValueError(f"could not read adapter file {path}: truncated or corrupt ({type(e).__name__}: {e})") from e
-    if meta.get("method") not in ("difflora", "lora"):
-        raise ValueError(f"{path} is not an adapter file of this project (no difflora/lora method in its metadata)")
-    cls = DiffLoRAConfig if meta["method"] == "difflora" else LoRAConfig
-    return meta["method"], cls(**json.loads(meta["config"])), json.loads(meta["base"]), tensors
-
-
-def load_adapter(model, path):
-    """Load an adapter file onto a base GPT (applying its method and configuration), or onto a
-    model already converted with the same method and configuration. Returns the model."""
-    method, config, base, tensors = read_adapter(path)
-    ours = base_identity(model)
-    for key in SHAPE_KEYS:
-        if base.get(key, ours[key]) != ours[key]:  # (files of GPT-2 adapters before the Llama family lack some keys)
-            raise ValueError(f"adapter {path} was trained on a base model with {key}={base[key]} "
-                             f"({base['name_or_path']}), this model has {key}={ours[key]} ({ours['name_or_path']})")
-    if base["name_or_path"] != ours["name_or_path"]:
-        warnings.warn(f"adapter {path} was trained on {base['name_or_path']}, loading it onto {ours['name_or_path']} (same shape)")
-    elif base.get("gguf_sha256", ours.get("gguf_sha256")) != ours.get("gguf_sha256"):
-        warnings.warn(f"adapter {path} was trained on another file named {base['name_or_path']} (its content differs; "
-                      f"same shape): its results may differ")
-    if model.adapter is None:
-        (apply_difflora if method == "difflora" else apply_lora)(model, config)
-    elif model.adapter[0] != method:
-        raise ValueError(f"adapter {path} holds a {method} adapter, but this model has a {model.adapter[0]} adapter")
-    elif model.adapter[1] != config:
-        raise ValueError(f"adapter {path} was saved with {config}, this model has {model.adapter[1]}")
-    load_trainable_state_dict(model, tensors, f"adapter {path}")
-    return model
-
-
-def load_trainable_state_dict(model, tensors, source):
-    """Copy tensors into exactly the parameters that require grad (the inverse of
-    trainable_state_dict); any missing, extra or misshaped tensor is an error naming source."""
-    params = dict(model.named_parameters())
-    expected = {n for n, p in params.items() if p.requires_grad}
-    if set(tensors) != expected:
-        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        raise ValueError(f"{source} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
-    if any(m.merged for m in _adapted_modules(model)):
-        raise ValueError("unmerge the model before loading adapter weights into it")
-    with torch.no_grad():
-        for name, t in tensors.items():
-            if t.shape != params[name].shape:
-                raise ValueError(f"{source}: tensor {name} has shape {tuple(t.shape)}, the model expects {tuple(params[name].shape)}")
-            params[name].copy_(t)

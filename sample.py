@@ -13,7 +13,7 @@ import sys
 import torch
 
 from configurator import check, configure, read_text, resolve_device, user_errors
-from difflora import load_trained
+from runs import load_trained
 from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------

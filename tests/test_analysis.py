@@ -1,5 +1,5 @@
 """Issue 5's tools: the needle generator and its data, attention maps and their regions,
-attention.py, eval_needle.py and bench.py on tiny models."""
+analysis/draw_attention.py, analysis/eval_needle.py and bench/speed.py on tiny models."""
 
 import json
 import os
@@ -11,7 +11,8 @@ import tiktoken
 import torch
 
 from conftest import ROOT, run, train
-from difflora import DiffLoRAConfig, apply_difflora, apply_lora, LoRAConfig, attention_maps, attention_regions, region_mass
+from analysis.attention_maps import attention_maps, attention_regions, region_mass
+from difflora import DiffLoRAConfig, apply_difflora, apply_lora, LoRAConfig
 from model import GPT
 
 sys.path.insert(0, os.path.join(ROOT, "data", "needle"))
@@ -75,6 +76,7 @@ def test_needle_goes_where_asked(depth):
     assert ex["needle"][1] == ex["question"][0]  # right before the question
 
 
+@pytest.mark.slow
 def test_needle_data_counts_only_answer_tokens(tmp_path):
     out = run(sys.executable, "data/needle/prepare.py", "--tokens=96", "--needles=2", "--n_train=12", "--n_val=4",
               f"--out_dir={tmp_path}")
@@ -96,7 +98,7 @@ def test_needle_data_counts_only_answer_tokens(tmp_path):
     g = train(f"--init_from={base}", f"--dataset={tmp_path}", f"--out_dir={tmp_path / 'out'}", "--block_size=95",
               "--max_iters=0")
     torch.manual_seed(0)
-    x, y = g["get_batch"]("train")
+    x, y = g["data"].get("train")
     for row in range(x.size(0)):
         kept = y[row][y[row] != -1]
         assert 1 <= len(kept) <= 3 and enc.decode(kept.tolist()).strip().isdigit()
@@ -141,9 +143,10 @@ def test_region_masses_sum_to_one_and_one_minus_lambda(hf_tiny):
 
 # ----------------------------------------------------------------------------- the scripts
 
+@pytest.mark.slow
 def test_attention_script_writes_png(trained_50k, tmp_path):
     png = tmp_path / "maps.png"
-    out = run(sys.executable, "attention.py", f"--out_dir={trained_50k[1]}", f"--out={png}", "--layers=0,1", "--head=1",
+    out = run(sys.executable, "analysis/draw_attention.py", f"--out_dir={trained_50k[1]}", f"--out={png}", "--layers=0,1", "--head=1",
               "--start=Some text. The code is 42. More text.\nQuestion: the code?", "--needle=The code is 42.")
     assert out.returncode == 0, out.stderr
     assert png.exists() and png.stat().st_size > 10_000
@@ -153,13 +156,14 @@ def test_attention_script_writes_png(trained_50k, tmp_path):
     for row in rows:
         base = [float(v) for v in row[2:6]]
         assert abs(sum(base) - 1.0) < 0.02  # the base map's regions share all of the mass
-    out = run(sys.executable, "attention.py", f"--out_dir={trained_50k[1]}", "--needle=not in the prompt")
+    out = run(sys.executable, "analysis/draw_attention.py", f"--out_dir={trained_50k[1]}", "--needle=not in the prompt")
     assert out.returncode != 0 and "does not occur in the prompt" in out.stderr
 
 
+@pytest.mark.slow
 def test_eval_needle_runs_and_reports(trained_50k, tmp_path):
     png = tmp_path / "needle.png"
-    out = run(sys.executable, "eval_needle.py", f"--models={trained_50k[0]},{trained_50k[1]}", "--lengths=48,64",
+    out = run(sys.executable, "analysis/eval_needle.py", f"--models={trained_50k[0]},{trained_50k[1]}", "--lengths=48,64",
               "--depths=0,1", "--examples=2", "--needles=2", f"--out={png}")
     assert out.returncode == 0, out.stderr
     assert png.exists()
@@ -168,17 +172,18 @@ def test_eval_needle_runs_and_reports(trained_50k, tmp_path):
     assert len(masses) == 2
     values = [float(v.split()[-1]) for v in masses[0].split(": ")[1].split(", ")]
     assert abs(sum(values) - 1.0) < 0.01  # the base model's regions cover the whole context
-    out = run(sys.executable, "eval_needle.py", f"--models={trained_50k[0]}", "--lengths=128")
+    out = run(sys.executable, "analysis/eval_needle.py", f"--models={trained_50k[0]}", "--lengths=128")
     assert out.returncode != 0 and "longer than" in out.stderr
 
 
+@pytest.mark.slow
 def test_eval_needle_joins_runs_into_mean_and_spread(trained_50k, tmp_path):
     base, adapter = trained_50k
-    out = run(sys.executable, "eval_needle.py", f"--models={base},{adapter},{base}+{adapter}", "--lengths=48,64",
+    out = run(sys.executable, "analysis/eval_needle.py", f"--models={base},{adapter},{base}+{adapter}", "--lengths=48,64",
               "--depths=0,1", "--examples=2", "--needles=2", f"--out={tmp_path / 'n.png'}")
     assert out.returncode == 0, out.stderr
     table = open(tmp_path / "n.txt").read()
-    assert table.startswith("# python eval_needle.py --models=") and "(1/2 = 0.50 at 2 needles)" in table
+    assert table.startswith("# python analysis/eval_needle.py --models=") and "(1/2 = 0.50 at 2 needles)" in table
     rows = [line.split() for line in table.splitlines() if line.startswith("single ")]
     single_a, single_b, joined = rows[0:2], rows[2:4], rows[4:6]
     assert "mean of 2 runs" in table and len(joined[0]) == 11  # kind needles length 2 depths exact runs loss runs margin runs
@@ -189,8 +194,9 @@ def test_eval_needle_joins_runs_into_mean_and_spread(trained_50k, tmp_path):
         assert j[8] == f"{min(float(a[6]), float(b[6])):.3f}..{max(float(a[6]), float(b[6])):.3f}"
 
 
+@pytest.mark.slow
 def test_bench_prints_every_column():
-    out = run(sys.executable, "bench.py", "--n_layer=2", "--n_head=2", "--n_embd=32", "--vocab_size=100",
+    out = run(sys.executable, "bench/speed.py", "--n_layer=2", "--n_head=2", "--n_embd=32", "--vocab_size=100",
               "--seq_lens=16", "--methods=lora,difflora", "--steps=1", "--gen_tokens=4", "--gen_methods=difflora",
               "--ratio_shapes=1x16,2x8", "--pairs=3")
     assert out.returncode == 0, out.stderr
@@ -211,24 +217,25 @@ def test_bench_prints_every_column():
     assert any(line.split()[:1] == ["difflora"] and line.endswith("x") for line in lines)  # cached vs uncached
 
 
+@pytest.mark.slow
 def test_report_tabulates_curves_lambda_and_general_loss(trained_50k, tmp_path):
     base, adapter = trained_50k
     text = tmp_path / "text"
     text.mkdir()
     np.random.default_rng(3).integers(0, 50257, 3000).astype(np.uint16).tofile(text / "val.bin")
-    out = run(sys.executable, "report.py", f"--runs={adapter}+{adapter}", "--steps=0,3", f"--text={text}",
+    out = run(sys.executable, "analysis/report.py", f"--runs={adapter}+{adapter}", "--steps=0,3", f"--text={text}",
               "--text_windows=3", "--text_tokens=32", f"--out={tmp_path / 'r'}", "--device=cpu")
     assert out.returncode == 0, out.stderr
     metrics = json.load(open(os.path.join(adapter, "metrics.json")))["eval"]
     curves = open(tmp_path / "r" / "curves.txt").read()
-    assert curves.startswith("# python report.py --runs=")
+    assert curves.startswith("# python analysis/report.py --runs=")
     rows = [line.split() for line in curves.splitlines() if line.split()[:1] in (["0"], ["3"])]
     assert [float(r[1]) for r in rows] == pytest.approx([metrics[0]["val"], metrics[-1]["val"]], abs=1e-4)
     assert all(r[2] == f"({r[1]}..{r[1]})" for r in rows)  # the same run twice: no spread
     lam = [line.split() for line in open(tmp_path / "r" / "lambda.txt") if line.split()[:1] in (["0"], ["1"])]
     assert [float(r[1]) for r in lam] == pytest.approx(metrics[-1]["lambda"], abs=1e-3)
     # the general-text loss, recomputed: mean over 3 evenly spread windows of 32 tokens
-    from difflora import load_trained
+    from runs import load_trained
     tokens = np.fromfile(text / "val.bin", dtype=np.uint16).astype(np.int64)
     expected = {}
     for name in (base, adapter):
@@ -244,5 +251,6 @@ def test_report_tabulates_curves_lambda_and_general_loss(trained_50k, tmp_path):
     assert float(after[3]) == pytest.approx(expected[adapter], abs=1e-4)  # path (+1 runs) loss (low..high) change ...
     assert float(after[5]) == pytest.approx(expected[adapter] - expected[base], abs=2e-4)
     assert (tmp_path / "r" / "curves.png").exists() and (tmp_path / "r" / "report.json").exists()
-    out = run(sys.executable, "report.py", f"--runs={adapter}", "--steps=0,2", "--text=")
+    out = run(sys.executable, "analysis/report.py", f"--runs={adapter}", "--steps=0,2", "--text=")
     assert out.returncode == 1 and "has no evaluation at iteration 2" in out.stderr
+

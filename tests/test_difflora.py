@@ -7,10 +7,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from difflora import (LoRA, DiffLoRAAttention, DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, attention_maps,
-                      causal_softmax, dropout_keep, explicit_differential_attention, lambda_init_schedule, load_adapter, lora_deltas, merge, param_counts,
-                      param_report, save_adapter, set_attention_path, unmerge)
+from analysis.attention_maps import attention_maps
+from difflora import (LoRA, DiffLoRAAttention, DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, causal_softmax,
+                      explicit_differential_attention, lambda_init_schedule, merge, param_counts, param_report,
+                      set_attention_path, unmerge)
 from model import GPT, GPTConfig
+from runs import load_adapter, save_adapter
+from speedups import dropout_keep, lora_deltas
 
 SPEC_LAMBDA_INIT = [0.200000, 0.355509, 0.470713, 0.556058, 0.619283, 0.666122,
                     0.700821, 0.726526, 0.745569, 0.759677, 0.770128, 0.777870]

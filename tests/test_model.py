@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from conftest import ROOT, fake_hub_cache, make_hf_model
-from model import GPT, causal_attention, causal_mask, sample_next
+from model import GPT, causal_attention, causal_mask, configure_optimizers, sample_next
 
 ATOL = 1e-5
 
@@ -71,6 +71,7 @@ def test_fp16_checkpoint(tmp_path):
     assert_logits_match(str(tmp_path), hf.float())
 
 
+@pytest.mark.slow
 def test_loads_through_the_hub_cache(hf_tiny, tmp_path):
     # lay the tiny checkpoint out as huggingface_hub's cache does, then load it by repo id offline
     fake_hub_cache(tmp_path / "hub", "someone/tiny-gpt2", hf_tiny[0], ("config.json", "model.safetensors"))
@@ -153,7 +154,7 @@ def test_overrides_and_crop(hf_tiny):
 def test_configure_optimizers_groups(tiny_gpt):
     for p in tiny_gpt.transformer.h[1].parameters():
         p.requires_grad = False
-    opt = tiny_gpt.configure_optimizers(weight_decay=0.1, learning_rate=1e-3)
+    opt = configure_optimizers(tiny_gpt, weight_decay=0.1, learning_rate=1e-3)
     decay, no_decay = opt.param_groups
     trainable = [p for p in tiny_gpt.parameters() if p.requires_grad]
     assert len(decay["params"]) + len(no_decay["params"]) == len(trainable)
@@ -220,6 +221,7 @@ def run_load(name, **env):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_error_unknown_name_offline(tmp_path):
     out = run_load("nobody/no-such-gpt2", HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path))
     assert out.returncode != 0
@@ -227,6 +229,7 @@ def test_error_unknown_name_offline(tmp_path):
     assert "HF_HUB_OFFLINE=1" in out.stderr
 
 
+@pytest.mark.slow
 def test_error_no_network(tmp_path):
     # an endpoint nobody listens on stands for a machine without network
     out = run_load("gpt2", HF_HUB_OFFLINE="0", HF_HUB_CACHE=str(tmp_path), HF_ENDPOINT="http://127.0.0.1:9",

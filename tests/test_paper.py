@@ -171,6 +171,7 @@ def test_formula_on_llama_3_2_1b_shapes():
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.slow
 def test_paper_config_runs(name, tulu, tmp_path):
     """train.py with each config/paper file runs 2 steps on the tiny Llama and the prepared chats
     (padded micro-batches), training the formula's number of parameters."""
@@ -186,6 +187,7 @@ def test_paper_config_runs(name, tulu, tmp_path):
     assert os.path.exists(tmp_path / "adapter.safetensors")
 
 
+@pytest.mark.slow
 def test_padded_batches_equal_examples_alone(tulu, tmp_path):
     """A micro-batch of variable-length examples padded on the right gives, example by example,
     the logits and loss that each example gives alone (no attention mask needed under the causal
@@ -196,9 +198,9 @@ def test_padded_batches_equal_examples_alone(tulu, tmp_path):
               "--block_size=256", "--batch_size=3", "--gradient_accumulation_steps=2", "--max_iters=0", "--lr_decay_iters=10",
               "--lr_schedule=linear", "--warmup_iters=2",
               "--learning_rate=1.0", "--min_lr=0.0", "--lora_dropout=0.0")
-    model, get_batch = g["raw_model"].eval(), g["get_batch"]
+    model, get_batch = g["raw_model"].eval(), g["data"].get
     x, y = get_batch("train", [0, 1, 2])
-    lengths = (np.diff(g["offsets"]["train"]) - 1).tolist()
+    lengths = (np.diff(g["data"].offsets["train"]) - 1).tolist()
     assert x.shape == (3, max(lengths)) and len(set(lengths)) > 1
     with torch.no_grad():
         logits, loss = model(x, y)
@@ -268,14 +270,15 @@ def test_merged_lora_loads_in_transformers(tmp_path):
         merged_model(apply_difflora(GPT.from_pretrained(str(base)), DiffLoRAConfig(r=4, alpha=8)))
 
 
+@pytest.mark.slow
 def test_memory_estimate(capsys):
-    """memory.py's tensor accounting counts what is alive (a freed tensor leaves the count), its
+    """bench/memory.py's tensor accounting counts what is alive (a freed tensor leaves the count), its
     extrapolation from 2 and 3 blocks matches a direct measurement with 4, and checkpointing lowers
     every run's estimate."""
-    argv, sys.argv = sys.argv, ["memory.py", "--n_layer=4", "--n_head=4", "--n_kv_head=2", "--n_embd=64", "--n_inner=96",
-                                "--vocab_size=300"]
+    argv, sys.argv = sys.argv, ["bench/memory.py", "--n_layer=4", "--n_head=4", "--n_kv_head=2", "--n_embd=64", "--n_inner=96",
+                                "--vocab_size=300", "--block_size=2048"]
     try:
-        g = runpy.run_path(os.path.join(ROOT, "memory.py"), run_name="__main__")
+        g = runpy.run_path(os.path.join(ROOT, "bench/memory.py"), run_name="__main__")
     finally:
         sys.argv = argv
     with g["LiveTensors"]() as live:
@@ -298,7 +301,7 @@ def test_memory_estimate(capsys):
         for layers in (2, 3, 4):
             model = g["build"](run, layers)
             model.gradient_checkpointing = checkpointing
-            peaks.append(g["step_peak"](model, 2, 1024, ctx))
+            peaks.append(g["step_peak"](model, 2, 256, ctx))
         assert abs(peaks[0] + 2 * (peaks[1] - peaks[0]) - peaks[2]) < 0.005 * peaks[2]
 
 

@@ -1,5 +1,5 @@
 """Pretraining from scratch (train.py --init_from=scratch), the copy-document data
-(data/shakespeare_copy) and the induction test (induction.py), on tiny shapes; and the
+(data/shakespeare_copy) and the induction test (analysis/induction.py), on tiny shapes; and the
 docs' report of the committed results."""
 
 import json
@@ -13,8 +13,8 @@ import torch
 from torch.nn import functional as F
 
 from conftest import ROOT, run, train
-from difflora import load_trained
-from induction import copy_losses
+from runs import load_trained
+from analysis.induction import copy_losses
 from model import GPT, GPTConfig
 
 SCRATCH = ["--init_from=scratch", "--method=full", "--n_layer=2", "--n_head=2", "--n_embd=32", "--dropout=0.1",
@@ -28,6 +28,7 @@ def scratch_run(chain, tmp_path_factory):
     return str(out), g
 
 
+@pytest.mark.slow
 def test_scratch_checkpoint_loads_in_transformers_with_equal_logits(scratch_run):
     out, g = scratch_run
     from transformers import GPT2LMHeadModel
@@ -40,6 +41,7 @@ def test_scratch_checkpoint_loads_in_transformers_with_equal_logits(scratch_run)
     torch.testing.assert_close(GPT2LMHeadModel.from_pretrained(out).eval()(idx).logits, ours, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_scratch_initialisation_is_gpt2s(chain, tmp_path):
     g = train(*SCRATCH, f"--dataset={chain}", f"--out_dir={tmp_path}", "--max_iters=0", "--n_layer=4", "--n_embd=64")
     sd = g["raw_model"].state_dict()
@@ -49,6 +51,7 @@ def test_scratch_initialisation_is_gpt2s(chain, tmp_path):
     assert g["metrics"]["eval"][0]["val"] == pytest.approx(np.log(50257), abs=0.05)  # a fresh model is uniform
 
 
+@pytest.mark.slow
 def test_scratch_resume_is_bit_identical(chain, tmp_path):
     common = [*SCRATCH, f"--dataset={chain}", "--lr_decay_iters=12"]
     straight = train(*common, f"--out_dir={tmp_path / 'a'}", "--max_iters=12")
@@ -61,6 +64,7 @@ def test_scratch_resume_is_bit_identical(chain, tmp_path):
     assert straight["lossf"] == resumed["lossf"] and straight["metrics"]["eval"] == resumed["metrics"]["eval"]
 
 
+@pytest.mark.slow
 def test_scratch_out_dir_is_a_base_model_for_difflora(scratch_run, chain, tmp_path):
     base, _ = scratch_run
     g = train(f"--init_from={base}", f"--dataset={chain}", f"--out_dir={tmp_path}", "--max_iters=4", "--eval_interval=4")
@@ -69,11 +73,12 @@ def test_scratch_out_dir_is_a_base_model_for_difflora(scratch_run, chain, tmp_pa
     for name, p in g["raw_model"].named_parameters():
         if not p.requires_grad:
             assert torch.equal(p.detach(), frozen[name.replace(".base.", ".")]), name
-    model = load_trained(str(tmp_path)).eval()  # adapter on its recorded base, as sample.py and eval_needle.py load it
+    model = load_trained(str(tmp_path)).eval()  # adapter on its recorded base, as sample.py and analysis/eval_needle.py load it
     x = torch.randint(0, 101, (1, 16))
     torch.testing.assert_close(model(x)[0], g["raw_model"].eval()(x)[0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_scratch_needs_full_and_a_valid_shape(chain, tmp_path):
     with pytest.raises(SystemExit, match="setting 'method' is 'difflora'; allowed: full with init_from=scratch"):
         train("--init_from=scratch", f"--dataset={chain}", f"--out_dir={tmp_path}")
@@ -102,6 +107,7 @@ class Copier(torch.nn.Module):
         return logits, None
 
 
+@pytest.mark.slow
 def test_copy_losses_split_the_halves(tiny_gpt):
     alphabet = torch.arange(101)
     first, second, acc = copy_losses(Copier(), torch.arange(1000, 1500), seq_len=12, n_seq=4)
@@ -117,21 +123,23 @@ def test_copy_losses_split_the_halves(tiny_gpt):
     assert 0 <= acc <= 1
 
 
+@pytest.mark.slow
 def test_induction_script(scratch_run, tmp_path):
     data = tmp_path / "d"
     data.mkdir()
     np.arange(50, 90, dtype=np.uint16).tofile(data / "train.bin")
-    out = run(sys.executable, "induction.py", f"--model={scratch_run[0]}", f"--dataset={data}", "--seq_lens=4,8",
+    out = run(sys.executable, "analysis/induction.py", f"--model={scratch_run[0]}", f"--dataset={data}", "--seq_lens=4,8",
               "--n_seq=4", f"--out={tmp_path / 'ind.txt'}")
     assert out.returncode == 0, out.stderr
     rows = [line.split() for line in open(tmp_path / "ind.txt") if not line.startswith("#")][1:]
     assert [r[0] for r in rows] == ["4", "8"] and all(len(r) == 4 for r in rows)
-    out = run(sys.executable, "induction.py", f"--model={scratch_run[0]}", f"--dataset={data}", "--seq_lens=40")
+    out = run(sys.executable, "analysis/induction.py", f"--model={scratch_run[0]}", f"--dataset={data}", "--seq_lens=40")
     assert out.returncode == 1 and "need a context of 80" in out.stderr
 
 
 # ----------------------------------------------------------------------------- the pretraining data
 
+@pytest.mark.slow
 def test_shakespeare_copy_data(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -166,6 +174,7 @@ def test_shakespeare_copy_data(tmp_path):
     assert meta["uniform_loss"] == pytest.approx(np.log(50257))
 
 
+@pytest.mark.slow
 def test_shakespeare_copy_needs_shakespeare(tmp_path):
     out = run(sys.executable, "data/shakespeare_copy/prepare.py", f"--source={tmp_path}", f"--out_dir={tmp_path}")
     assert out.returncode == 1 and "run python data/shakespeare/prepare.py first" in out.stderr
@@ -173,6 +182,7 @@ def test_shakespeare_copy_needs_shakespeare(tmp_path):
 
 # ----------------------------------------------------------------------------- the reported results
 
+@pytest.mark.slow
 def test_docs_report_the_baby_models_induction_numbers():
     rows = [line.split() for line in open(os.path.join(ROOT, "results", "pretrain", "induction.txt"))
             if not line.startswith("#")][1:]

@@ -1,5 +1,5 @@
 """The committed results of the SmolLM2 lab (results/lab/): every table names the command that
-made it, and every number of a README table citing one of them is in that file."""
+made it, and every number of a table in the README or docs/lab.md citing one of them is in that file."""
 
 import os
 import re
@@ -23,10 +23,10 @@ def test_every_lab_table_names_its_command(name):
         assert os.path.exists(os.path.join(ROOT, config)), f"results/lab/{name}: no config {config}"
 
 
-def readme_tables():
-    """(cited files, numbers) of each markdown table in the README whose paragraph right above
-    cites results/lab/FILE.txt, one or more; a table right below another shares its citation."""
-    text = open(os.path.join(ROOT, "README.md")).read()
+def lab_tables(page):
+    """(cited files, numbers) of each markdown table of a page whose paragraph right above cites
+    results/lab/FILE.txt, one or more; a table right below another shares its citation."""
+    text = open(os.path.join(ROOT, page)).read()
     found, since, cited = [], 0, []
     for m in re.finditer(r"((?:^\|.*\|\n)+)", text, flags=re.M):
         between = text[since:m.start()]
@@ -39,13 +39,15 @@ def readme_tables():
     return found
 
 
-def test_readme_lab_numbers_are_the_committed_ones():
-    tables = readme_tables()
-    assert len(tables) >= 5, "the README's lab section shows its tables"
+@pytest.mark.parametrize("page", ["README.md", os.path.join("docs", "lab.md")])
+def test_lab_numbers_are_the_committed_ones(page):
+    tables = lab_tables(page)
+    if page.endswith("lab.md"):
+        assert len(tables) >= 5, "docs/lab.md shows the lab's tables"
     for names, numbers in tables:
         for name in names:
-            assert name in TABLES, f"the README cites results/lab/{name}, which is not committed"
+            assert name in TABLES, f"{page} cites results/lab/{name}, which is not committed"
         committed = set(re.findall(DECIMAL, "\n".join(open(os.path.join(LAB, n)).read() for n in names)))
-        assert numbers, f"a README table citing {names} holds no numbers"
+        assert numbers, f"a table of {page} citing {names} holds no numbers"
         missing = [n for n in numbers if n not in committed and n.lstrip("+") not in committed]
-        assert not missing, f"README numbers not in results/lab/{', '.join(names)}: {missing}"
+        assert not missing, f"{page}: numbers not in results/lab/{', '.join(names)}: {missing}"

@@ -31,6 +31,7 @@ def frozen_unchanged(model, base_path):
 
 # ----------------------------------------------------------------------------- data
 
+@pytest.mark.slow
 def test_prepare_shakespeare(tmp_path):
     if not os.path.exists(SHAKESPEARE):
         pytest.skip("../shared/data/tinyshakespeare is not here")
@@ -45,6 +46,7 @@ def test_prepare_shakespeare(tmp_path):
     assert tiktoken.get_encoding("gpt2").decode(ids) == "First Citizen:"
 
 
+@pytest.mark.slow
 def test_prepare_failed_download_says_what_to_do(tmp_path):
     # a proxy nobody listens on stands for a machine without network
     out = run(sys.executable, "data/shakespeare/prepare.py", "--out_dir", str(tmp_path),
@@ -53,6 +55,7 @@ def test_prepare_failed_download_says_what_to_do(tmp_path):
     assert "could not download tiny-shakespeare" in out.stderr and "--input PATH" in out.stderr
 
 
+@pytest.mark.slow
 def test_answer_mask_turns_targets_into_minus_one(tiny101, chain, tmp_path):
     data = tmp_path / "masked"
     data.mkdir()
@@ -61,7 +64,7 @@ def test_answer_mask_turns_targets_into_minus_one(tiny101, chain, tmp_path):
         tokens.tofile(data / f"{split}.bin")
         (np.arange(len(tokens)) % 4 == 0).astype(np.uint8).tofile(data / f"{split}_mask.bin")  # every 4th counts
     g = train(f"--init_from={tiny101}", f"--dataset={data}", f"--out_dir={tmp_path / 'out'}", "--max_iters=0")
-    x, y = g["get_batch"]("train", torch.tensor([0, 5]))
+    x, y = g["data"].get("train", torch.tensor([0, 5]))
     tokens = torch.from_numpy(np.fromfile(data / "train.bin", dtype=np.uint16).astype(np.int64))
     for row, start in enumerate((0, 5)):
         assert torch.equal(x[row], tokens[start:start + 32])
@@ -70,6 +73,7 @@ def test_answer_mask_turns_targets_into_minus_one(tiny101, chain, tmp_path):
             assert y[row, j].item() == (tokens[target_pos].item() if target_pos % 4 == 0 else -1)
 
 
+@pytest.mark.slow
 def test_val_exact_counts_examples_whose_every_answer_token_is_the_argmax(tiny101, chain, tmp_path):
     """On data of whole examples (meta.json example_tokens) with a mask, train.py's val_exact is
     the fraction of the fixed val examples that greedy decoding answers right: recomputed here
@@ -99,6 +103,7 @@ def test_val_exact_counts_examples_whose_every_answer_token_is_the_argmax(tiny10
 # ----------------------------------------------------------------------------- training
 
 @pytest.mark.parametrize("method", ["difflora", "difflora+v+o", "lora", "full"])
+@pytest.mark.slow
 def test_training_lowers_loss_and_keeps_base_frozen(tiny101, chain, tmp_path, method):
     extra = ["--lora_v=True", "--lora_o=True"] if method == "difflora+v+o" else []
     g = train(f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path}", f"--method={method.split('+')[0]}",
@@ -115,6 +120,7 @@ def test_training_lowers_loss_and_keeps_base_frozen(tiny101, chain, tmp_path, me
         assert len(ev[-1]["lambda"]) == 2 and ev[-1]["lambda"] != ev[0]["lambda"]
 
 
+@pytest.mark.slow
 def test_adapter_checkpoint_holds_only_trained_tensors(tiny101, chain, tmp_path):
     g = train(f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path}", "--max_iters=5", "--eval_interval=5")
     trained = {n: p for n, p in g["raw_model"].named_parameters() if p.requires_grad}
@@ -130,6 +136,7 @@ def test_adapter_checkpoint_holds_only_trained_tensors(tiny101, chain, tmp_path)
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_full_finetune_writes_a_hugging_face_checkpoint(tiny101, chain, tmp_path):
     g = train(f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path}", "--method=full",
               "--max_iters=5", "--eval_interval=5")
@@ -141,6 +148,7 @@ def test_full_finetune_writes_a_hugging_face_checkpoint(tiny101, chain, tmp_path
 
 
 @pytest.mark.parametrize("method", ["difflora", "lora"])
+@pytest.mark.slow
 def test_resume_replays_exactly(tiny101, chain, tmp_path, method):
     common = [f"--init_from={tiny101}", f"--dataset={chain}", f"--method={method}", "--lr_decay_iters=20",
               "--eval_interval=5", "--lora_dropout=0.1", "--gradient_accumulation_steps=2"]
@@ -161,6 +169,7 @@ def test_resume_replays_exactly(tiny101, chain, tmp_path, method):
     assert straight["metrics"]["eval"][-1]["val"] == resumed["metrics"]["eval"][-1]["val"]
 
 
+@pytest.mark.slow
 def test_two_process_torchrun(tiny101, chain, tmp_path):
     for attempt in range(2):
         out = run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *FAST,
@@ -181,6 +190,7 @@ def sample(*args):
     return run(sys.executable, "sample.py", "--max_new_tokens=12", "--num_samples=2", *args)
 
 
+@pytest.mark.slow
 def test_greedy_sampling_is_repeatable(trained_50k):
     first = sample(f"--out_dir={trained_50k[1]}", "--temperature=0", "--start=ROMEO:")
     second = sample(f"--out_dir={trained_50k[1]}", "--temperature=0", "--start=ROMEO:")
@@ -190,6 +200,7 @@ def test_greedy_sampling_is_repeatable(trained_50k):
     assert texts[0] == texts[1] and len(texts[0]) > len("ROMEO:\n")
 
 
+@pytest.mark.slow
 def test_sampling_with_prompt_file_and_top_p(trained_50k, tmp_path):
     (tmp_path / "prompt.txt").write_text("To be, or not to be")
     out = sample(f"--out_dir={trained_50k[1]}", f"--start=FILE:{tmp_path / 'prompt.txt'}", "--top_p=0.9", "--top_k=50")
@@ -197,6 +208,7 @@ def test_sampling_with_prompt_file_and_top_p(trained_50k, tmp_path):
     assert out.stdout.startswith("To be, or not to be")
 
 
+@pytest.mark.slow
 def test_sampling_errors(trained_50k, tiny101, tmp_path):
     out = sample(f"--out_dir={tmp_path}")
     assert out.returncode != 0 and "no checkpoint in" in out.stderr and "pass a base model such as gpt2" in out.stderr
@@ -227,6 +239,7 @@ def test_configurator_rules(tmp_path):
         configure(settings, [str(tmp_path / "bad.py")])
 
 
+@pytest.mark.slow
 def test_train_errors(tiny101, chain, tmp_path):
     with pytest.raises(SystemExit, match="unknown setting 'lora_rnak'.*lora_rank"):
         train("--lora_rnak=4")
@@ -240,6 +253,7 @@ def test_train_errors(tiny101, chain, tmp_path):
         train(f"--init_from=resume", f"--dataset={chain}", f"--out_dir={tmp_path / 'none'}")
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_reported(tiny101, chain, tmp_path):
     train(f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path}", "--max_iters=2", "--eval_interval=2")
     data = (tmp_path / "ckpt.pt").read_bytes()

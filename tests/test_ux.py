@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from conftest import ROOT, make_hf_model, run, train
-from difflora import load_trained
+from runs import load_trained
 from model import GPT
 
-SCRIPTS = ["train.py", "sample.py", "attention.py", "eval_needle.py", "bench.py", "induction.py", "report.py", "memory.py"]
+SCRIPTS = ["train.py", "sample.py", "analysis/draw_attention.py", "analysis/eval_needle.py", "bench/speed.py", "analysis/induction.py", "analysis/report.py", "bench/memory.py"]
 PREPARE = ["data/shakespeare/prepare.py", "data/needle/prepare.py", "data/shakespeare_copy/prepare.py", "data/tulu2/prepare.py"]
 
 
@@ -40,6 +40,7 @@ def snapshot(folder):
 
 # ----------------------------------------------------------------------------- no run destroys another
 
+@pytest.mark.slow
 def test_a_fresh_run_into_a_run_leaves_every_file_as_it_was(tiny101, chain, tmp_path):
     train(f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path}", "--max_iters=2", "--eval_interval=2")
     before = snapshot(tmp_path)
@@ -53,6 +54,7 @@ def test_a_fresh_run_into_a_run_leaves_every_file_as_it_was(tiny101, chain, tmp_
     assert not os.path.exists(tmp_path / "adapter.safetensors") and os.path.exists(tmp_path / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_a_cpu_run_says_so_and_prints_its_eta(tiny101, chain, tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("the note is for machines without a GPU")
@@ -62,6 +64,7 @@ def test_a_cpu_run_says_so_and_prints_its_eta(tiny101, chain, tmp_path, capsys):
     assert re.search(r"iter 5: .* eta \d+\.\d min", out) and re.search(r"estimated total time of this run: \d+\.\d min", out)
 
 
+@pytest.mark.slow
 def test_missing_tokenizer_files_say_how_to_supply_them(tmp_path):
     # an empty tiktoken cache and a proxy nobody listens on stand for a machine with no network
     out = run(sys.executable, "data/needle/prepare.py", f"--out_dir={tmp_path}", TIKTOKEN_CACHE_DIR=str(tmp_path),
@@ -89,6 +92,7 @@ def test_help_lists_every_setting_with_default_and_comment(script):
 
 
 @pytest.mark.parametrize("script", PREPARE)
+@pytest.mark.slow
 def test_prepare_scripts_answer_help(script):
     out = run(sys.executable, script, "--help")
     assert out.returncode == 0 and "--out_dir" in out.stdout
@@ -111,29 +115,30 @@ BAD = [  # (script, arguments, what the one line must say)
     ("sample.py", ["--num_samples=0"], "setting 'num_samples' is 0"),
     ("sample.py", ["--dtype=int8"], "setting 'dtype' is 'int8'"),
     ("sample.py", ["--init_from=gpt2", "--start=FILE:no_such_prompt.txt"], "there is no file 'no_such_prompt.txt'"),
-    ("attention.py", ["--layers=a,b"], "setting 'layers' is 'a,b'"),
-    ("attention.py", ["--head=-1"], "setting 'head' is -1"),
-    ("eval_needle.py", ["--lengths=long"], "setting 'lengths' is 'long'"),
-    ("eval_needle.py", ["--depths=0,2"], "setting 'depths' is '0,2'"),
-    ("eval_needle.py", ["--needles=0"], "setting 'needles' is '0'"),
-    ("eval_needle.py", ["--kinds=multi"], "setting 'kinds' is 'multi'; allowed: single, multikey, multivalue"),
-    ("eval_needle.py", ["--kinds=multivalue", "--needles=2"], "at least values=3 with multivalue"),
-    ("eval_needle.py", ["--attn_examples=-1"], "setting 'attn_examples' is -1"),
-    ("report.py", ["--runs="], "setting 'runs' is ''"),
-    ("report.py", ["--runs=out-x", "--steps=ten"], "setting 'steps' is 'ten'"),
-    ("report.py", ["--runs=./no/such/run"], "'./no/such/run' holds no finished train.py adapter run"),
-    ("eval_needle.py", ["--models=./no/such/run"], "no folder './no/such/run'"),
-    ("bench.py", ["--methods=lora,dora"], "setting 'methods' is 'lora,dora'"),
-    ("bench.py", ["--seq_lens=0"], "setting 'seq_lens' is '0'"),
-    ("bench.py", ["--n_embd=100"], "setting 'n_embd' is 100; allowed: a multiple of n_head=12"),
-    ("bench.py", ["--ratio_shapes=4x"], "setting 'ratio_shapes' is '4x'"),
-    ("bench.py", ["--dropout=1.0"], "setting 'dropout' is 1.0"),
-    ("induction.py", ["--seq_lens=1"], "setting 'seq_lens' is '1'"),
-    ("induction.py", ["--n_seq=0"], "setting 'n_seq' is 0"),
+    ("analysis/draw_attention.py", ["--layers=a,b"], "setting 'layers' is 'a,b'"),
+    ("analysis/draw_attention.py", ["--head=-1"], "setting 'head' is -1"),
+    ("analysis/eval_needle.py", ["--lengths=long"], "setting 'lengths' is 'long'"),
+    ("analysis/eval_needle.py", ["--depths=0,2"], "setting 'depths' is '0,2'"),
+    ("analysis/eval_needle.py", ["--needles=0"], "setting 'needles' is '0'"),
+    ("analysis/eval_needle.py", ["--kinds=multi"], "setting 'kinds' is 'multi'; allowed: single, multikey, multivalue"),
+    ("analysis/eval_needle.py", ["--kinds=multivalue", "--needles=2"], "at least values=3 with multivalue"),
+    ("analysis/eval_needle.py", ["--attn_examples=-1"], "setting 'attn_examples' is -1"),
+    ("analysis/report.py", ["--runs="], "setting 'runs' is ''"),
+    ("analysis/report.py", ["--runs=out-x", "--steps=ten"], "setting 'steps' is 'ten'"),
+    ("analysis/report.py", ["--runs=./no/such/run"], "'./no/such/run' holds no finished train.py adapter run"),
+    ("analysis/eval_needle.py", ["--models=./no/such/run"], "no folder './no/such/run'"),
+    ("bench/speed.py", ["--methods=lora,dora"], "setting 'methods' is 'lora,dora'"),
+    ("bench/speed.py", ["--seq_lens=0"], "setting 'seq_lens' is '0'"),
+    ("bench/speed.py", ["--n_embd=100"], "setting 'n_embd' is 100; allowed: a multiple of n_head=12"),
+    ("bench/speed.py", ["--ratio_shapes=4x"], "setting 'ratio_shapes' is '4x'"),
+    ("bench/speed.py", ["--dropout=1.0"], "setting 'dropout' is 1.0"),
+    ("analysis/induction.py", ["--seq_lens=1"], "setting 'seq_lens' is '1'"),
+    ("analysis/induction.py", ["--n_seq=0"], "setting 'n_seq' is 0"),
 ]
 
 
 @pytest.mark.parametrize("script,args,says", BAD, ids=[f"{s}:{a[-1]}" for s, a, _ in BAD])
+@pytest.mark.slow
 def test_a_bad_value_gets_one_line(script, args, says, tmp_path):
     out, code = run_script(script, f"--out_dir={tmp_path / 'run'}" if script in ("train.py",) else "--device=cpu", *args)
     assert isinstance(code, str) and code.startswith("error: ") and "\n" not in code, code  # printed to stderr, exit 1
@@ -152,20 +157,23 @@ def test_a_bad_value_gets_one_line(script, args, says, tmp_path):
     ("data/shakespeare_copy/prepare.py", ["--tokens=3"], "unrecognized arguments: --tokens=3"),
     ("data/tulu2/prepare.py", ["--max_tokens=1"], "--max_tokens must be at least 2"),
 ])
+@pytest.mark.slow
 def test_prepare_scripts_bad_values(script, args, says, tmp_path):
     out = run(sys.executable, script, f"--out_dir={tmp_path}", *args)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and says in out.stderr
 
 
+@pytest.mark.slow
 def test_a_real_script_exits_1_with_no_traceback(tmp_path):
     out = run(sys.executable, "train.py", "--method=dif", f"--out_dir={tmp_path}")
     assert out.returncode == 1 and out.stderr.strip().startswith("error: setting 'method'") and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_a_missing_folder_is_named_and_the_hub_is_not(tmp_path):
     missing = str(tmp_path / "no_run")
-    for script in ("sample.py", "attention.py"):
+    for script in ("sample.py", "analysis/draw_attention.py"):
         out = run(sys.executable, script, f"--out_dir={missing}")
         assert out.returncode == 1 and missing in out.stderr and "hub" not in out.stderr.lower(), out.stderr
     with pytest.raises(OSError, match="no folder") as e:
@@ -178,6 +186,7 @@ def test_a_missing_folder_is_named_and_the_hub_is_not(tmp_path):
 
 # ----------------------------------------------------------------------------- portable adapters
 
+@pytest.mark.slow
 def test_an_adapter_made_in_one_folder_samples_from_another(chain, tmp_path):
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
     home.mkdir(), elsewhere.mkdir()
@@ -202,12 +211,13 @@ def test_an_adapter_made_in_one_folder_samples_from_another(chain, tmp_path):
 
 # ----------------------------------------------------------------------------- partial results
 
+@pytest.mark.slow
 def test_eval_needle_keeps_finished_cells_when_a_later_model_fails(trained_50k, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(trained_50k[0], broken)
     with open(broken / "model.safetensors", "r+b") as f:
         f.truncate(1000)
-    out = run(sys.executable, "eval_needle.py", f"--models={trained_50k[0]},{broken}", "--lengths=48",
+    out = run(sys.executable, "analysis/eval_needle.py", f"--models={trained_50k[0]},{broken}", "--lengths=48",
               "--depths=0,1", "--examples=1", "--needles=2", f"--out={tmp_path / 'n.png'}")
     assert out.returncode == 1 and "truncated or corrupt" in out.stderr and "finished results are in" in out.stderr
     assert f"evaluating {trained_50k[0]}" in out.stdout and "length 48" in out.stdout  # progress
@@ -227,16 +237,17 @@ def one_line(out):
 
 MACHINE = [  # (script, arguments, what the line says), each producible on this machine
     *[(script, ["--device=cuda"], "setting 'device' is 'cuda', but this machine has ")
-      for script in ("train.py", "sample.py", "attention.py", "eval_needle.py", "induction.py", "bench.py")],
+      for script in ("train.py", "sample.py", "analysis/draw_attention.py", "analysis/eval_needle.py", "analysis/induction.py", "bench/speed.py")],
     *[(script, args, says) for script in ("train.py", "sample.py") for args, says in (
         (["--device=cuda:1"], "setting 'device' is 'cuda:1', but this machine has "),
         (["--device=mps"], "setting 'device' is 'mps', but this machine has no MPS"),
         (["--device=cpu", "--dtype=float16"], "float16', which is for GPUs; on the CPU use float32"))],
-    ("bench.py", ["--device=cpu", "--dtype=float16"], "float16', which is for GPUs; on the CPU use float32"),
+    ("bench/speed.py", ["--device=cpu", "--dtype=float16"], "float16', which is for GPUs; on the CPU use float32"),
 ]
 
 
 @pytest.mark.parametrize("script,args,says", MACHINE, ids=[f"{s}:{a[-1]}" for s, a, _ in MACHINE])
+@pytest.mark.slow
 def test_a_device_or_dtype_the_machine_lacks_gets_one_line(script, args, says, tiny101, tmp_path):
     device = args[0].split("=")[1]
     if device.startswith("cuda") and torch.cuda.device_count() > int(device.partition(":")[2] or 0):
@@ -246,14 +257,15 @@ def test_a_device_or_dtype_the_machine_lacks_gets_one_line(script, args, says, t
     out_dir = tmp_path / "run"
     out_dir.mkdir()
     (out_dir / "keep.txt").write_text("a file of the user's")
-    model = {"train.py": [f"--init_from={tiny101}", f"--out_dir={out_dir}"], "induction.py": [f"--model={tiny101}"],
-             "eval_needle.py": [f"--models={tiny101}", "--lengths=32"], "bench.py": []}.get(script, [f"--init_from={tiny101}"])
+    model = {"train.py": [f"--init_from={tiny101}", f"--out_dir={out_dir}"], "analysis/induction.py": [f"--model={tiny101}"],
+             "analysis/eval_needle.py": [f"--models={tiny101}", "--lengths=32"], "bench/speed.py": []}.get(script, [f"--init_from={tiny101}"])
     line = one_line(run(sys.executable, script, *model, *args))
     assert says in line
     assert "available: cpu" in line or "dtype" in line
     assert sorted(os.listdir(out_dir)) == ["keep.txt"]  # nothing written or changed
 
 
+@pytest.mark.slow
 def test_torchrun_asking_for_cuda_stops_every_rank_the_same_way(tiny101, chain, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: see the test below")
@@ -267,6 +279,7 @@ def test_torchrun_asking_for_cuda_stops_every_rank_the_same_way(tiny101, chain, 
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.slow
 def test_gpu_cases(tiny101, chain, tmp_path):
     n = torch.cuda.device_count()
     assert f"but this machine has {n} CUDA GPU" in one_line(run(sys.executable, "sample.py", f"--init_from={tiny101}",
@@ -279,6 +292,7 @@ def test_gpu_cases(tiny101, chain, tmp_path):
         assert "cannot run" in one_line(run(sys.executable, "sample.py", f"--init_from={tiny101}", "--dtype=bfloat16"))
 
 
+@pytest.mark.slow
 def test_compile_that_cannot_build_is_one_line(tiny101, chain, tmp_path):
     # a C++ compiler that is not there stands for a machine where torch.compile cannot build its kernels
     out = run(sys.executable, "train.py", f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path}",
@@ -290,6 +304,7 @@ def test_compile_that_cannot_build_is_one_line(tiny101, chain, tmp_path):
 
 # ----------------------------------------------------------------------------- offline paths
 
+@pytest.mark.slow
 def test_a_prepared_dataset_is_not_fetched_again(tmp_path):
     shakespeare = os.path.join(os.path.dirname(ROOT), "shared", "data", "tinyshakespeare", "input.txt")
     if not os.path.exists(shakespeare):
@@ -312,9 +327,10 @@ def test_the_type_error_reads_right():
         configure(dict(rate=1.0), ["--rate='x'"])
 
 
+@pytest.mark.slow
 def test_the_students_copy_has_no_answers_and_still_grades(tmp_path):
     dest = tmp_path / "course"
-    out = run(sys.executable, "exercises/student_copy.py", str(dest))
+    out = run(sys.executable, "exercises/helpers/student_copy.py", str(dest))
     assert out.returncode == 0, out.stderr
     assert not (dest / "exercises" / "solutions").exists() and not (dest / "exercises" / "KEY.md").exists()
     assert (dest / "exercises" / "ex1_attention.py").exists() and (dest / "model.py").exists() and not (dest / ".git").exists()
@@ -329,4 +345,4 @@ def test_the_students_copy_has_no_answers_and_still_grades(tmp_path):
         assert failure is not None and failure.get("message", "").startswith("NotImplementedError"), case.get("name")
     refused = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "exercises", "--solutions", cwd=dest)
     assert refused.returncode != 0 and "has no exercises/solutions/" in refused.stdout + refused.stderr
-    assert one_line(run(sys.executable, "exercises/student_copy.py", str(dest))).endswith("(nothing was written)")
+    assert one_line(run(sys.executable, "exercises/helpers/student_copy.py", str(dest))).endswith("(nothing was written)")

@@ -2,7 +2,7 @@
 # which runs this file first: Llama-3.2-1B-Instruct fine-tuned on the Tulu 2 SFT mixture for one
 # epoch, 64 conversations of up to 4,096 tokens per step (2 per micro-batch, 32 accumulated), lr
 # 1e-4 with 3% warmup and a linear decay to 0, no weight decay, adapter dropout 0.1, bf16.
-# Gradient checkpointing and the chunked loss keep a step under 8 GiB (python memory.py; docs/paper.md).
+# Gradient checkpointing and the chunked loss keep a step under 8 GiB (python bench/memory.py; docs/paper.md).
 init_from = "meta-llama/Llama-3.2-1B-Instruct"
 dataset = "tulu2"  # python data/tulu2/prepare.py (train.py runs it when the data are missing)
 block_size = 4096

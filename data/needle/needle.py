@@ -54,7 +54,7 @@ def make_example(enc, seed, n_tokens, n_needles=1, depth=0.5, kind="single", val
     needle sentence and of the question, spans: the ranges of all the asked key's needles (one
     unless multivalue), key, value (the answer's text without its leading space), and wrong: the
     token ids of every wrong answer that swaps one of the answer's codes for a distractor needle's
-    code (what the margin of eval_needle.py compares with)."""
+    code (what the margin of analysis/eval_needle.py compares with)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     low = values if kind == "multivalue" else 1
@@ -120,7 +120,7 @@ def make_example(enc, seed, n_tokens, n_needles=1, depth=0.5, kind="single", val
 
 
 def eval_seed(seed, kind, n_needles, n_tokens, depth, i):
-    """The seed of eval_needle.py's example i of a cell: never one of prepare.py's (seed 0, below
+    """The seed of analysis/eval_needle.py's example i of a cell: never one of prepare.py's (seed 0, below
     10^9), and for the single kind the same as before the other kinds existed."""
     return (seed * 1_000_000_007 + 10_000 * n_tokens + 100 * round(100 * depth) + i
             + 7_919 * KINDS.index(kind) * (1_000_003 + n_needles))

@@ -37,7 +37,7 @@ REPO = "allenai/tulu-v2-sft-mixture"
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root
 from configurator import ArgumentParser, user_errors  # noqa: E402
-from model import save_atomically, save_json  # noqa: E402
+from checkpoints import save_atomically, save_json  # noqa: E402
 from tokenizer import get_tokenizer, token_meta  # noqa: E402
 
 parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -15,7 +15,7 @@ sys.path.insert(0, ROOT)
 from model import GPT  # noqa: E402
 from tokenizer import dataset_dir  # noqa: E402
 
-BASE = os.path.join(ROOT, "out-pretrain")  # the baby GPT-2 of the README's "Pretraining from scratch"
+BASE = os.path.join(ROOT, "out-pretrain")  # the baby GPT-2 of docs/pretraining.md
 SMOLLM2 = "smollm2"
 
 

@@ -58,10 +58,10 @@ for dirs in runs.values():
               f"{ev[-1]['val_exact']:>8.2f}   {lam}")
 print()
 table = os.path.join(OUT, "ex11-needle.png")
-print(run("eval_needle.py", f"--models={SMOLLM2}," + ",".join("+".join(r) for r in runs.values()),
+print(run("analysis/eval_needle.py", f"--models={SMOLLM2}," + ",".join("+".join(r) for r in runs.values()),
           "--kinds=single,multikey,multivalue", "--needles=6", "--lengths=512", "--depths=0.5", "--examples=4",
           "--attn_examples=1", "--device=cpu", f"--out={table}"))
 
 for method, dirs in runs.items():
-    print(run("attention.py", f"--out_dir={dirs[0]}", "--layers=0,-1", "--device=cpu").split("\n\n")[-1])
+    print(run("analysis/draw_attention.py", f"--out_dir={dirs[0]}", "--layers=0,-1", "--device=cpu").split("\n\n")[-1])
 print(f"Look at {table}, at attention.png and at the lambda curves (curves.png) in each of {OUT}/ex11-*/")

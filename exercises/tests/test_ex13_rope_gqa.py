@@ -5,6 +5,7 @@ GPT-2 (tests/test_difflora.py), run with your layer in place of the project's.""
 import torch
 
 from ex13_rope_gqa import repeat_heads, rotate
+from explain import BACKWARDS, NEIGHBOURS, TILED, assert_close_or_explain, rope_neighbours, tiled_heads
 from model import apply_rope, rope_cos_sin
 from swap_layer import run_project_tests_with
 
@@ -27,6 +28,9 @@ def test_rotate_turns_each_pair_by_its_angle():
     cos, sin = angles(T, d)
     got = rotate(x, cos, sin)
     assert got.shape == x.shape and got.dtype == x.dtype
+    assert_close_or_explain(got, apply_rope(x, cos, sin), [(NEIGHBOURS, rope_neighbours(x, cos, sin)),
+                                                           (BACKWARDS, apply_rope(x, cos, -sin))], atol=1e-5,
+                            rule="dimension i pairs with i + d/2 and the pair turns by its angle")
     for i in range(d // 2):  # the 2x2 rotation of the pair (i, i + d/2), position by position
         a = torch.arange(T) * 10000.0 ** (-2 * i / d)  # (T,)
         c, s = a.cos(), a.sin()
@@ -54,6 +58,8 @@ def test_repeat_heads_serves_each_group_from_its_head():
     t = torch.randn(2, 3, 4, 5)
     got = repeat_heads(t, 9)
     assert got.shape == (2, 9, 4, 5)
+    assert_close_or_explain(got, t.repeat_interleave(3, dim=1), [(TILED, tiled_heads(t, 9))], atol=0,
+                            rule="query head h is served by key/value head h // g, g = 9 / 3")
     for h in range(9):
         torch.testing.assert_close(got[:, h], t[:, h // 3], atol=0, rtol=0)
     torch.testing.assert_close(repeat_heads(t, 3), t, atol=0, rtol=0)

@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from ex1_attention import attend_with_cache, causal_self_attention
+from explain import assert_close_or_explain, mask_mistakes
 from model import causal_attention
+
+RULE = "query row i of Tq (the last Tq of Tk positions) may see keys 0 .. Tk - Tq + i; softmax(q k^T / sqrt(d)) v"
 
 
 def qkv(B=2, H=3, Tq=9, Tk=9, d=8, dtype=torch.float32):
@@ -17,8 +20,9 @@ def qkv(B=2, H=3, Tq=9, Tk=9, d=8, dtype=torch.float32):
 def test_values_and_gradients(Tq, Tk):
     q, k, v = qkv(Tq=Tq, Tk=Tk)
     ours, ref = causal_self_attention(q, k, v), causal_attention(q, k, v)
-    assert ours.shape == ref.shape
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    assert ours.shape == ref.shape, f"the output is (B, H, Tq, d) = {tuple(ref.shape)}, yours is {tuple(ours.shape)}"
+    with torch.no_grad():
+        assert_close_or_explain(ours, ref, mask_mistakes(q, k, v), atol=1e-5, rule=RULE)
     g = torch.randn_like(ref)
     for a, b in zip(torch.autograd.grad(ours, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
@@ -49,5 +53,6 @@ def test_cache_in_chunks_equals_one_pass():
         s = slice(start, start + n)
         outs.append(attend_with_cache(cache, q[:, :, s], k[:, :, s], v[:, :, s]))
         start += n
-    assert cache["k"].shape == (2, 3, 10, 8) and cache["v"].shape == (2, 3, 10, 8)
-    torch.testing.assert_close(torch.cat(outs, dim=2), full, atol=1e-5, rtol=0)
+    assert cache["k"].shape == (2, 3, 10, 8) and cache["v"].shape == (2, 3, 10, 8), "the cache holds every key and value so far"
+    torch.testing.assert_close(torch.cat(outs, dim=2), full, atol=1e-5, rtol=0,
+                               msg=lambda m: f"the new queries attend to every cached position and to the new ones before them\n{m}")

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from difflora import LoRA
 from ex2_lora import LoRALinear, lora_param_count
+from explain import assert_close_or_explain
 
 
 def layer(i=48, o=24, r=4, alpha=8.0):
@@ -45,7 +46,11 @@ def test_equals_the_project_lora_and_learns_through_A_and_B():
         ref.A.weight.copy_(A), ref.B.weight.copy_(B)
     x = torch.randn(3, 5, 48, requires_grad=True)
     out = m(x)
-    torch.testing.assert_close(out, m.base(x) + ref(x), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        assert_close_or_explain(out, m.base(x) + ref(x), [
+            ("the scale is alpha / r, not alpha: the update is (alpha / r) x A^T B^T.", m.base(x) + 4 * ref(x)),
+            ("the scale is missing: the update is (alpha / r) x A^T B^T.", m.base(x) + ref(x) / ref.scale)],
+            atol=1e-5, rule="y = x W^T + b + (alpha / r) (x A^T) B^T")
     g = torch.randn_like(out)
     ours = torch.autograd.grad(out, (x, A, B), g)
     theirs = torch.autograd.grad(m.base(x) + ref(x), (x, ref.A.weight, ref.B.weight), g)

@@ -5,6 +5,7 @@ import torch
 
 from difflora import head_norm, lambda_init_schedule
 from ex6_groupnorm import head_groupnorm
+from explain import assert_close_or_explain
 
 
 @pytest.mark.parametrize("depth", [0, 11])
@@ -13,7 +14,14 @@ def test_values_and_gradients(depth):
     gain = torch.randn(8, requires_grad=True)
     li = lambda_init_schedule(depth)
     ours, ref = head_groupnorm(y, gain, li), head_norm(y, gain, li)
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        rms = lambda t, dims: t / (t.pow(2).mean(dims, keepdim=True) + 1e-5).sqrt()
+        assert_close_or_explain(ours, ref, [
+            ("the factor (1 - lambda_init) is missing: GN(y) = (1 - lambda_init) * gain * RMSNorm(y).", gain * rms(y, -1)),
+            ("the heads are normalised together: each head's output, at each position, has its own RMS over d.",
+             (1 - li) * gain * rms(y, (1, 3))),
+            ("the gain is missing: GN(y) = (1 - lambda_init) * gain * RMSNorm(y).", (1 - li) * rms(y, -1))],
+            atol=1e-5, rule="GN(y) = (1 - lambda_init) * gain * y / sqrt(mean(y^2 over d) + 1e-5), per head and position")
     g = torch.randn_like(ref)
     for a, b in zip(torch.autograd.grad(ours, (y, gain), g), torch.autograd.grad(ref, (y, gain), g)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

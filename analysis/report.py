@@ -4,8 +4,8 @@ at each evaluation), lambda per layer at the end (DiffLoRA runs), and what each 
 elsewhere: the loss on held-out general text (tiny-shakespeare's val split, tokenised for the
 base) before and after it.
 
-    python report.py --runs=out-lab/difflora-s1+out-lab/difflora-s2,out-lab/lora-s1+out-lab/lora-s2
-    python report.py --runs=out-needle-difflora,out-needle-lora --steps=0,10,20,40 --out=out-report
+    python analysis/report.py --runs=out-lab/difflora-s1+out-lab/difflora-s2,out-lab/lora-s1+out-lab/lora-s2
+    python analysis/report.py --runs=out-needle-difflora,out-needle-lora --steps=0,10,20,40 --out=out-report
 
 '+' joins runs (seeds) of one method into one entry: each number is their mean, with the
 lowest and highest run beside it. Writes curves.txt, lambda.txt and general.txt (each headed by
@@ -21,10 +21,11 @@ import time
 import numpy as np
 import torch
 
-from configurator import check, configure, resolve_device, user_errors
-from difflora import load_trained, read_adapter
-from model import save_json
-from tokenizer import dataset_dir, read_meta
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from runs import load_trained, read_adapter  # noqa: E402
+from checkpoints import save_json  # noqa: E402
+from configurator import check, configure, resolve_device, user_errors  # noqa: E402
+from tokenizer import dataset_dir, read_meta  # noqa: E402
 
 # -----------------------------------------------------------------------------
 runs = ""  # comma-separated train.py out_dirs; '+' joins the seeds of one method
@@ -45,7 +46,7 @@ except ValueError:
 check(text_windows >= 1 and text_tokens >= 2, "text_windows", text_windows, "an int >= 1 (and text_tokens >= 2)")
 device = resolve_device(device)[0]
 entries = runs.split(",")
-command = f"# python report.py {' '.join(sys.argv[1:])}"
+command = f"# python analysis/report.py {' '.join(sys.argv[1:])}"
 started = time.time()
 
 

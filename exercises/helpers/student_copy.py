@@ -4,7 +4,7 @@ answers (exercises/solutions/ and exercises/KEY.md) and without what runs leave 
 files, checkpoints, caches). The graders in the copy work as here; untouched exercises fail
 with NotImplementedError and nothing else.
 
-    python exercises/student_copy.py ../difflora-course      # a new folder; an existing one is refused
+    python exercises/helpers/student_copy.py ../difflora-course      # a new folder; an existing one is refused
 """
 
 import argparse
@@ -13,12 +13,12 @@ import os
 import shutil
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+EXERCISES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(EXERCISES)
 sys.path.insert(0, ROOT)
 from configurator import ArgumentParser  # noqa: E402
 
-ANSWERS = {os.path.join(HERE, "solutions"), os.path.join(HERE, "KEY.md")}
+ANSWERS = {os.path.join(EXERCISES, "solutions"), os.path.join(EXERCISES, "KEY.md")}
 LEFT_OUT = (".git", "__pycache__", ".venv*", ".cache", ".pytest_cache", "out*", "*.bin", "*.safetensors", "*.pt", "*.tmp",
             "input.txt", "meta.json", "prompt.txt")  # run outputs, as .gitignore lists them
 

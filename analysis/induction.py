@@ -5,9 +5,9 @@ alphabet size) with the loss on the second S (a model with an induction head fin
 occurrence of the current token and predicts what followed it: loss near 0). Retrieval of a
 needle from a long context needs exactly this.
 
-    python induction.py --model=out-pretrain
-    python induction.py --model=gpt2 --seq_lens=16,48,100 --out=induction.txt
-    python induction.py --model=smollm2 --dataset=all
+    python analysis/induction.py --model=out-pretrain
+    python analysis/induction.py --model=gpt2 --seq_lens=16,48,100 --out=induction.txt
+    python analysis/induction.py --model=smollm2 --dataset=all
 
 Tokens are drawn uniformly from the distinct tokens of the dataset's train.bin (the tokens of
 a text the model has read), or with --dataset=all from the model's whole vocabulary. The first
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from configurator import check, configure, resolve_device, user_errors
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from configurator import check, configure, resolve_device, user_errors  # noqa: E402
 
 
 @torch.no_grad()
@@ -41,7 +42,7 @@ def copy_losses(model, alphabet, seq_len, n_seq=64, seed=0):
 
 
 if __name__ == "__main__":
-    from difflora import load_trained
+    from runs import load_trained
     from tokenizer import dataset_dir, get_tokenizer, read_meta
     # -------------------------------------------------------------------------
     model = "out-pretrain"  # a train.py out_dir or a base model (gpt2, smollm2, a folder, a .gguf file, a hub id)
@@ -76,7 +77,7 @@ if __name__ == "__main__":
                          f"data/{dataset}/prepare.py --tokenizer=BASE), or pass --dataset=all")
     if 2 * max(lens) > net.config.block_size:
         raise SystemExit(f"error: seq_lens up to {max(lens)} need a context of {2 * max(lens)}; {model} has {net.config.block_size}")
-    lines = [f"# python induction.py {' '.join(sys.argv[1:])}",
+    lines = [f"# python analysis/induction.py {' '.join(sys.argv[1:])}",
              f"# {model}: loss (nats) on random runs S of {len(alphabet):,} distinct tokens written twice; {n_seq} runs per length",
              f"# chance on the first S: ln {len(alphabet):,} = {np.log(len(alphabet)):.3f}",
              f"{'length':>8}{'first S':>10}{'second S':>10}{'copied':>9}"]

@@ -2,8 +2,8 @@
 The GPU memory of one training step of the paper's runs (config/paper/*.py), estimated on a CPU
 from the model's shapes: Llama-3.2-1B's by default, with random weights, nothing downloaded.
 
-    python memory.py                                        # every config/paper file, with and without checkpointing
-    python memory.py --configs=config/paper/difflora32.py,config/paper/lora8.py   # two of them (19 min on 2 CPU cores)
+    python bench/memory.py                                        # every config/paper file, with and without checkpointing
+    python bench/memory.py --configs=config/paper/difflora32.py,config/paper/lora8.py   # two of them (19 min on 2 CPU cores)
 
 Memory at the peak of a step = the weights (fp32, as train.py holds them) + AdamW's two moments of
 each trainable parameter (fp32) + the step's own tensors: activations kept for the backward pass,
@@ -22,6 +22,7 @@ fragmentation, and CUDA kernels may keep other workspaces. --counted is the frac
 counted in the loss (the logits are computed only for those); 1.0 is the worst case.
 """
 
+import os
 import sys
 import time
 
@@ -30,9 +31,10 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from configurator import check, configure, read_config, resolve_device
-from difflora import DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora
-from model import GPT, GPTConfig, LLAMA
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from configurator import check, configure, dataclass_from_settings, dataclass_settings, read_config, resolve_device  # noqa: E402
+from difflora import METHODS, SETTING_NAMES, apply_difflora, apply_lora  # noqa: E402
+from model import GPT, GPTConfig, LLAMA, empty_model, flops_per_token  # noqa: E402
 
 # -----------------------------------------------------------------------------
 configs = ("config/paper/difflora32.py,config/paper/difflora64_negative.py,config/paper/difflora64_lambda01.py,"  # comma-separated train.py config files
@@ -46,6 +48,7 @@ n_inner = 8192
 vocab_size = 128256
 counted = 1.0  # fraction of the targets counted in the loss
 loss_chunk = -1  # -1: each config's own; 0: the loss over all targets at once; N: over chunks of N
+block_size = 0  # 0: each config's own sequence length; N: N tokens instead (a quicker look; the numbers are then N's)
 seed = 0
 # -----------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
@@ -55,8 +58,8 @@ for key in ("n_layer", "n_head", "n_kv_head", "n_embd", "n_inner", "vocab_size")
     check(config[key] >= 1, key, config[key], "an integer >= 1")
 check(0 < counted <= 1, "counted", counted, "a number in (0, 1]")
 check(loss_chunk >= -1, "loss_chunk", loss_chunk, "-1 (each config's own), 0 (off) or a chunk size")
-RUN_KEYS = dict(method="difflora", variant="both", lora_rank=16, lora_alpha=32.0, lora_dropout=0.1, learn_lambda=True,
-                lambda_init=None, groupnorm=False, lora_targets="all", batch_size=4, block_size=255,
+check(block_size >= 0, "block_size", block_size, "0 (each config's own) or a number of tokens")
+RUN_KEYS = dict(method="difflora", **dataclass_settings(METHODS.values(), SETTING_NAMES)[0], batch_size=4, block_size=255,
                 gradient_checkpointing=False, loss_chunk=0, dtype="bfloat16")  # what a config file sets that matters here (train.py's defaults)
 
 
@@ -96,16 +99,11 @@ def build(run, layers, meta=False):
         with torch.device("meta"):
             model = GPT(shape)
     else:
-        model = GPT.empty(shape)
+        model = empty_model(shape)
         for p in model.parameters():  # any values: they do not change the memory
             p.data.uniform_(-0.02, 0.02)
-    if run["method"] == "lora":
-        apply_lora(model, LoRAConfig(r=run["lora_rank"], alpha=run["lora_alpha"], dropout=run["lora_dropout"],
-                                     targets=run["lora_targets"].split(",")))
-    else:
-        apply_difflora(model, DiffLoRAConfig(r=run["lora_rank"], alpha=run["lora_alpha"], dropout=run["lora_dropout"],
-                                             variant=run["variant"], learn_lambda=run["learn_lambda"],
-                                             lambda_init=run["lambda_init"], groupnorm=run["groupnorm"]))
+    adapter = dataclass_from_settings(METHODS[run["method"]], run, SETTING_NAMES)
+    (apply_lora if run["method"] == "lora" else apply_difflora)(model, adapter)
     model.loss_chunk = run["loss_chunk"]
     return model.train()
 
@@ -131,6 +129,7 @@ print(f"Llama-family shape: n_layer {n_layer}, n_head {n_head}, n_kv_head {n_kv_
 print(f"{'config':<36}{'trainable':>11}{'ckpt':>6}{'GFLOP/token':>13}{'weights+adam':>14}{'step':>9}{'total':>9}   (GiB)")
 for path in configs.split(","):
     run = read_run(path)
+    run["block_size"] = block_size or run["block_size"]
     _, _, _, ctx = resolve_device("cpu", run["dtype"])
     full = build(run, n_layer, meta=True)
     n_all = sum(p.numel() for p in full.parameters())
@@ -143,9 +142,9 @@ for path in configs.split(","):
             model.gradient_checkpointing = checkpointing
             peaks.append(step_peak(model, run["batch_size"], run["block_size"], ctx))
         step = peaks[0] + (n_layer - 2) * (peaks[1] - peaks[0])
-        flops = full.flops_per_token(run["block_size"], recompute=checkpointing) / 1e9  # the blocks' forward pass twice
+        flops = flops_per_token(full, run["block_size"], recompute=checkpointing) / 1e9  # the blocks' forward pass twice
         print(f"{path:<36}{n_trainable:>11,}{'on' if checkpointing else 'off':>6}{flops:>13.2f}{static / GB:>14.2f}"
               f"{step / GB:>9.2f}{(static + step) / GB:>9.2f}   ({run['batch_size']} x {run['block_size']} tokens; "
               f"{peaks[0] / GB:.2f} and {peaks[1] / GB:.2f} GiB with 2 and 3 blocks)", flush=True)
     del models
-print(f"memory.py: {(time.time() - t0) / 60:.1f} min")
+print(f"bench/memory.py: {(time.time() - t0) / 60:.1f} min")

@@ -4,10 +4,10 @@ its lambda-scaled negative map lambda*A2 and the differential map A1 - lambda*A2
 base model's map. Prints where the last prompt token's attention goes (mass on the first
 token, on a marked span such as a needle, on the query line, on the rest), layer by layer.
 
-    python attention.py --out_dir=out-needle-difflora                      # the built-in needle prompt
-    python attention.py --out_dir=out-needle-difflora --start=FILE:prompt.txt --needle="a phrase in it"
-    python attention.py --init_from=gpt2                                    # a plain model: its maps only
-    python attention.py --init_from=smollm2 --layers=0,15,-1                # SmolLM2, offline
+    python analysis/draw_attention.py --out_dir=out-needle-difflora                      # the built-in needle prompt
+    python analysis/draw_attention.py --out_dir=out-needle-difflora --start=FILE:prompt.txt --needle="a phrase in it"
+    python analysis/draw_attention.py --init_from=gpt2                                    # a plain model: its maps only
+    python analysis/draw_attention.py --init_from=smollm2 --layers=0,15,-1                # SmolLM2, offline
 """
 
 import os
@@ -15,10 +15,12 @@ import sys
 
 import torch
 
-from configurator import check, configure, resolve_device, read_text, user_errors
-from difflora import attention_maps, attention_regions, load_trained, region_mass
-from model import GPT
-from tokenizer import get_tokenizer
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from runs import load_trained  # noqa: E402
+from analysis.attention_maps import attention_maps, attention_regions, region_mass  # noqa: E402
+from configurator import check, configure, resolve_device, read_text, user_errors  # noqa: E402
+from model import GPT  # noqa: E402
+from tokenizer import get_tokenizer  # noqa: E402
 
 # -----------------------------------------------------------------------------
 out_dir = "out-needle-difflora"
@@ -95,7 +97,7 @@ def named_maps(layer):
 
 # where the last token's attention goes, averaged over heads, layer by layer
 names = ("first", "needle", "query", "rest")
-print(f"# python attention.py {' '.join(sys.argv[1:])}")
+print(f"# python analysis/draw_attention.py {' '.join(sys.argv[1:])}")
 print(f"prompt: {T} tokens; needle tokens {needle_span}, query tokens {query_span}")
 print(f"mass of the last token's attention on {' / '.join(names)}, mean over heads:")
 print(f"{'layer':>5} {'lambda':>7}  " + "".join(f"{label:>26}" for label in named_maps(0)))

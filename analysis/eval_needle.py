@@ -4,11 +4,11 @@ and the margin over distractors, by kind of task x needles x context length (row
 depth (columns), and where the attention of the last prompt token goes (the Differential
 Transformer's "answer vs noise" allocation: mass on the asked key's needles vs on the rest).
 
-    python eval_needle.py --models=gpt2,out-needle-lora,out-needle-difflora
-    python eval_needle.py --models=gpt2 --lengths=256,512 --examples=20 --out=needle_base.png
-    python eval_needle.py --models=out-pretrain,out-lora-s1+out-lora-s2    # '+' joins the seeds of one method
-    python eval_needle.py --models=smollm2 --lengths=256,1024 --needles=4  # SmolLM2, offline
-    python eval_needle.py --models=smollm2 --kinds=single,multikey,multivalue --needles=4,8 --lengths=1024
+    python analysis/eval_needle.py --models=gpt2,out-needle-lora,out-needle-difflora
+    python analysis/eval_needle.py --models=gpt2 --lengths=256,512 --examples=20 --out=needle_base.png
+    python analysis/eval_needle.py --models=out-pretrain,out-lora-s1+out-lora-s2    # '+' joins the seeds of one method
+    python analysis/eval_needle.py --models=smollm2 --lengths=256,1024 --needles=4  # SmolLM2, offline
+    python analysis/eval_needle.py --models=smollm2 --kinds=single,multikey,multivalue --needles=4,8 --lengths=1024
 
 A model is a train.py out_dir (adapter or full fine-tune) or a base model (gpt2, smollm2, a
 folder, a .gguf file, a hub id); each is evaluated with its own tokenizer, on the same examples.
@@ -33,13 +33,15 @@ import sys
 
 import torch
 
-from configurator import check, configure, resolve_device, user_errors
-from difflora import attention_maps, attention_regions, load_trained, read_adapter, region_mass
-from model import ALIASES, KVCache, checkpoint_path, is_hub_id, open_gguf, save_json
-from tokenizer import get_tokenizer
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "needle"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "data", "needle")]  # the repository, the needle generator
+from runs import load_trained, read_adapter  # noqa: E402
+from analysis.attention_maps import attention_maps, attention_regions, region_mass  # noqa: E402
+from checkpoints import ALIASES, checkpoint_path, is_hub_id, open_gguf, save_json  # noqa: E402
+from configurator import check, configure, resolve_device, user_errors  # noqa: E402
+from model import KVCache  # noqa: E402
 from needle import KINDS, eval_seed, make_example  # noqa: E402
+from tokenizer import get_tokenizer  # noqa: E402
 
 # -----------------------------------------------------------------------------
 models = "gpt2"  # comma-separated; '+' joins runs (seeds) of one method into one entry
@@ -160,7 +162,7 @@ def report():
     chance = (f"chance: 1/needles for single and multikey, a model that copies the code of a random needle "
               f"(1/{needle_list[0]} = {1 / needle_list[0]:.2f} at {needle_list[0]} needles); less for multivalue "
               "(all of the key's codes, in order); 1/9000 for a guessed 4-digit code")
-    lines = [f"# python eval_needle.py {' '.join(sys.argv[1:])}",
+    lines = [f"# python analysis/eval_needle.py {' '.join(sys.argv[1:])}",
              f"# {examples} examples per cell, depths {depths}; {chance}",
              "# exact: greedy answer correct; loss: nats per answer token; margin: log p(answer) - max log p(wrong), nats"]
     data = {"command": lines[0][2:], "settings": config, "entries": {}}

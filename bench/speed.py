@@ -16,11 +16,11 @@ GPT-2 small shapes by default.
 3. Generation with and without the KV cache.
 4. With --gguf: the time to load that GGUF file (or alias) and its tokenizer, dequantisation included.
 
-    python bench.py                                    # everything, on this machine
-    python bench.py --seq_lens=256 --gen=False         # a quicker one
-    python bench.py --device=cuda --compile=True       # on a GPU (bf16 autocast there)
+    python bench/speed.py                                    # everything, on this machine
+    python bench/speed.py --seq_lens=256 --gen=False         # a quicker one
+    python bench/speed.py --device=cuda --compile=True       # on a GPU (bf16 autocast there)
 
-    python bench.py config/bench_smollm2.py            # SmolLM2-135M's shape (Llama family), and loading its GGUF
+    python bench/speed.py config/bench_smollm2.py            # SmolLM2-135M's shape (Llama family), and loading its GGUF
 
 Methods: none (the frozen base model, forward only), lora (LoRA on Q, K at rank 2r: DiffLoRA's
 parameter budget), difflora (rank r, both terms; fused and explicit attention paths), full.
@@ -38,9 +38,10 @@ import time
 
 import torch
 
-from configurator import check, choose, compile_errors, configure, resolve_device, user_errors
-from difflora import LORA_TARGETS, DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, set_attention_path
-from model import GPT, GPTConfig, LLAMA, peak_flops
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from configurator import check, choose, compile_errors, configure, peak_flops, resolve_device, user_errors  # noqa: E402
+from difflora import LORA_TARGETS, DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, set_attention_path  # noqa: E402
+from model import GPT, GPTConfig, LLAMA, flops_per_token  # noqa: E402
 
 # -----------------------------------------------------------------------------
 family = "gpt2"  # gpt2 | llama (RMSNorm, RoPE, SwiGLU, grouped-query attention, tied embeddings)
@@ -239,7 +240,7 @@ def bench_step(method, T):
     trains = any(p.requires_grad for p in model.parameters())
     return dict(method=method, T=T, ms=dt * 1000, tok_s=batch_size * T / dt, peak_mb=memory_mb(peak=True),
                 step_mb=memory_mb(peak=True) - before,
-                mfu=(model.flops_per_token(T) * batch_size * T / dt / peak) if peak and trains else None)
+                mfu=(flops_per_token(model, T) * batch_size * T / dt / peak) if peak and trains else None)
 
 
 def generate_fn(model, prompt, use_cache=True, hf_model=False):
@@ -302,7 +303,7 @@ for B, T in shapes:
         show(f"our forward / transformers' forward, B={B} T={T}", r)
     del ours, theirs
     lora, diff = build("lora"), build("difflora")
-    floor = diff.flops_per_token(T) / lora.flops_per_token(T)
+    floor = flops_per_token(diff, T) / flops_per_token(lora, T)
     r = ratios[f"difflora/lora {B}x{T}"] = summary(interleaved(train_step(diff, B, T), train_step(lora, B, T)))
     show(f"DiffLoRA / LoRA step, B={B} T={T}", r, floor)
     peft = build_hf(lora=True) if hf and lora_targets == "q,k" and not lora_rank else None

@@ -20,11 +20,11 @@ def run_project_tests_with(module, exercise, test_files, names):
     """A grader's check: run the project's tests `names` of `test_files` in a fresh pytest with
     this plugin swapping in module.DiffAttention; an unwritten exercise is NotImplementedError."""
     import subprocess
-    here = os.path.dirname(os.path.abspath(__file__))  # exercises/
+    here = os.path.dirname(os.path.abspath(__file__))  # exercises/helpers/
     cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "swap_layer", "-p", "no:cacheprovider",
            *[os.path.join("tests", f) for f in test_files], "-k", " or ".join(names)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]), "EXERCISE_LAYER": module}
-    out = subprocess.run(cmd, cwd=os.path.dirname(here), env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(here)), env=env, capture_output=True, text=True, timeout=300)
     log = out.stdout + out.stderr
     if "NotImplementedError" in log:  # report it as what it is: something still to write
         raise NotImplementedError(f"exercise {exercise} (or one of the exercises 3-6 it uses) is not written yet:\n"
