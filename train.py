@@ -34,8 +34,8 @@ from batches import Batches, prepared_dir
 from checkpoints import save_atomically, save_json
 from configurator import (check, choose, compile_errors, configure, dataclass_from_settings, dataclass_settings, peak_flops,
                           resolve_device, user_errors)
-from difflora import METHODS, SETTING_NAMES, DiffLoRAConfig, apply_difflora, apply_lora, param_report
-from model import GPT, GPTConfig, configure_optimizers, flops_per_token
+from difflora import APPLY, METHODS, SETTING_NAMES, DiffLoRAConfig, apply_difflora, param_report
+from model import GPT, GPTConfig, configure_optimizers, flops_per_token, pretrained_config
 
 # -----------------------------------------------------------------------------
 # defaults: the paper's main DiffLoRA setting (both terms, learned lambda, depth-schedule
@@ -87,9 +87,11 @@ globals().update({k: v for k, v in config.items() if k not in method_defaults}) 
 MODEL_KEYS = ("method", *method_defaults, "dropout", "block_size", "n_layer", "n_head", "n_embd")  # what a resumed run keeps
 
 
-def method_config():
-    """The run's DiffLoRAConfig or LoRAConfig (None for full), each field from its setting."""
-    return dataclass_from_settings(METHODS[config["method"]], config, SETTING_NAMES) if config["method"] in METHODS else None
+def adapt(model):
+    """The run's method applied to model, in place: its DiffLoRAConfig or LoRAConfig made from the settings."""
+    if method in METHODS:
+        APPLY[method](model, dataclass_from_settings(METHODS[method], config, SETTING_NAMES))
+    return model
 
 
 # every value a user types is checked here, before any data, model or file is touched
@@ -166,7 +168,16 @@ if init_from == "resume":
         with open(os.path.join(out_dir, "metrics.json")) as f:
             metrics = {k: [row for row in rows if row["iter"] <= iter_num] for k, rows in json.load(f).items()}
 else:
-    base = os.path.abspath(init_from) if os.path.isdir(init_from) else init_from  # found from any working directory
+    base = os.path.abspath(init_from) if os.path.exists(init_from) else init_from  # a folder or file: found from anywhere
+
+# every setting against the base's shape, read from its config alone: the method goes onto a copy of
+# that shape on the meta device (nothing allocated), before any data is prepared or weight loaded
+with user_errors():
+    shape = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout) \
+        if base == "scratch" else pretrained_config(base, dropout)
+check(block_size <= shape.block_size, "block_size", block_size, f"at most {shape.block_size}, the context of {base}")
+with user_errors(), torch.device("meta"):
+    adapt(GPT(shape))
 
 # data (batches.py): a dataset this project prepares is kept per tokenizer (data/<dataset>/<tokenizer>/)
 # and prepared for the base's tokenizer when missing
@@ -193,17 +204,13 @@ def train_examples(it, micro_step):
 # model
 torch.manual_seed(seed)  # the adapters' (or, from scratch, all weights') initialisation
 if base == "scratch":
-    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout))
+    model = GPT(shape)
     model.name_or_path = "scratch"
 else:
     with user_errors():
         model = GPT.from_pretrained(base, dropout=dropout, block_size=block_size)
 with user_errors():
-    adapter = method_config()
-    if method == "difflora":
-        apply_difflora(model, adapter)
-    elif method == "lora":
-        apply_lora(model, adapter)
+    adapt(model)
     if ckpt is not None:
         load_trainable_state_dict(model, ckpt["trainable"], f"checkpoint {ckpt_path}")
 model.gradient_checkpointing, model.loss_chunk = gradient_checkpointing, loss_chunk
@@ -212,7 +219,7 @@ if master and method != "full":
     print(param_report(model))
 if master and method == "lora":  # a comparison at unequal budgets is a choice, not an accident
     with torch.device("meta"):  # `python train.py`'s DiffLoRA on this base, counted on a copy of its shape
-        reference = apply_difflora(GPT(model.config), DiffLoRAConfig())
+        reference = apply_difflora(GPT(shape), DiffLoRAConfig())
     n_ref, n_run = (sum(p.numel() for p in m.parameters() if p.requires_grad) for m in (reference, model))
     print(f"budget: this LoRA trains {n_run:,} parameters, {n_run / n_ref:.2f} times DiffLoRA's {n_ref:,} (both terms, "
           f"r={DiffLoRAConfig.r}); LoRA on q,k at r={2 * DiffLoRAConfig.r} matches it (config/train_lora.py)")
@@ -303,9 +310,11 @@ if master:
 model.train()
 t0 = run_start = time.time()
 start_iter, eval_s, estimated = iter_num, 0.0, False
-window_tokens = window_flops = 0  # what the steps since the last log line computed (padding included; rank 0's x processes)
+window_steps = window_tokens = window_flops = 0  # the steps timed since t0, what they computed (padding included; rank 0's x processes)
+flops = {}  # per token, by sequence length
 while True:
-    if (iter_num % eval_interval == 0 or iter_num == max_iters) and not (iter_num == start_iter > 0):  # a resume has it already
+    resumed_here = start_iter > 0 and iter_num == start_iter  # the run that stopped here evaluated it already
+    if (iter_num % eval_interval == 0 or iter_num == max_iters) and not resumed_here:
         t_eval = time.time()
         with compile_errors(compile):
             losses = estimate_loss()
@@ -322,7 +331,7 @@ while True:
                 save_checkpoint()
             save_json(os.path.join(out_dir, "metrics.json"), metrics)
             plot_curves(metrics, os.path.join(out_dir, "curves.png"), f"{method} on {os.path.basename(dataset)}, {os.path.basename(base)}")
-        t0 = time.time()  # evaluation time is not training time
+        t0, window_steps, window_tokens, window_flops = time.time(), 0, 0, 0  # evaluation time is not training time
     if iter_num >= max_iters:
         break
 
@@ -334,8 +343,10 @@ while True:
         group["lr"] = lr
     for micro_step in range(gradient_accumulation_steps):
         x, y = data.get("train", train_examples(iter_num, micro_step))
+        if x.size(1) not in flops:
+            flops[x.size(1)] = flops_per_token(raw_model, x.size(1))
         window_tokens += x.numel() * world_size
-        window_flops += flops_per_token(raw_model, x.size(1)) * x.numel() * world_size
+        window_flops += flops[x.size(1)] * x.numel() * world_size
         if ddp:  # sync gradients on the last micro step only
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         with compile_errors(compile):
@@ -350,13 +361,14 @@ while True:
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
+    window_steps += 1
 
     if iter_num % log_interval == 0 and master:
         lossf = loss.item() * gradient_accumulation_steps  # .item() syncs: the timing below is real
-        dt = (time.time() - t0) / log_interval
-        t0 = time.time()
-        tok_s, mfu = window_tokens / log_interval / dt, f"{100 * window_flops / log_interval / dt / peak:.1f}%" if peak else "n/a"
-        window_tokens = window_flops = 0
+        elapsed = time.time() - t0
+        dt = elapsed / window_steps  # per step
+        tok_s, mfu = window_tokens / elapsed, f"{100 * window_flops / elapsed / peak:.1f}%" if peak else "n/a"
+        t0, window_steps, window_tokens, window_flops = time.time(), 0, 0, 0
         lam = f", lambda {[round(v, 3) for v in lambdas()]}" if method == "difflora" else ""
         evals_left = max_iters // eval_interval - iter_num // eval_interval + (max_iters % eval_interval != 0)
         eta = dt * (max_iters - iter_num) + eval_s * evals_left  # the steps as timed just now, the evaluations as the last one

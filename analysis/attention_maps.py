@@ -2,8 +2,8 @@
 Where attention goes, read off a model: the maps of every layer (a DiffLoRA layer's A1 and
 lambda A2 through its explicit path, a plain layer's map recomputed from its q and k), and the
 split of a map's mass over regions of the prompt (the first token, a needle, the question, the
-rest), as the paper's analysis splits it. draw_attention.py draws them; eval_needle.py measures them
-over many examples.
+rest), as the paper's analysis splits it. draw_attention.py draws them; eval_needle.py and
+negative_map.py measure them over many examples.
 """
 
 import torch
@@ -41,7 +41,7 @@ def attention_maps(model, idx, rows=None):
                     plain[i] = causal_softmax(q, k)[:, :, rows]
             hooks.append(attn.register_forward_hook(hook))
     try:
-        model(idx)
+        model(idx, last=True)  # the maps are the hooks' and layers' business: one row of logits is enough
         return [(a.maps[0], a.maps[1], a.lam().item()) if isinstance(a, DiffLoRAAttention) else (plain[i], None, 0.0)
                 for i, a in enumerate(layers)]
     finally:

@@ -16,7 +16,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-from runs import load_trained  # noqa: E402
+from runs import load_trained, trained_config  # noqa: E402
 from analysis.attention_maps import attention_maps, attention_regions, region_mass  # noqa: E402
 from configurator import check, configure, resolve_device, read_text, user_errors  # noqa: E402
 from model import GPT  # noqa: E402
@@ -48,17 +48,21 @@ if init_from == "out_dir" and not os.path.isdir(out_dir):
                      f"or look at a plain model with --init_from=smollm2")
 start = read_text("start", start)
 out = out or os.path.join(out_dir if init_from == "out_dir" else "out-attention", "attention.png")
-with user_errors():
-    model = load_trained(out_dir if init_from == "out_dir" else init_from, base).eval().to(device)
-    base_name = base or (model.name_or_path if model.adapter is not None else "")
-    base_model = GPT.from_pretrained(base_name).eval().to(device) if base_name else None
-    enc = get_tokenizer(model.name_or_path)
-
+run = out_dir if init_from == "out_dir" else init_from
+with user_errors():  # the shape and the prompt from the config files alone: a mistake costs no loading
+    shape, name = trained_config(run, base)
+    enc = get_tokenizer(name)
+check(all(-shape.n_layer <= i < shape.n_layer for i in layer_list), "layers", layers, f"indices in -{shape.n_layer}..{shape.n_layer - 1}")
+check(head < shape.n_head, "head", head, f"0..{shape.n_head - 1}")
 text_ids = enc.encode(start)
 n_bos = int(enc.bos is not None)  # Llama 3 starts every text with its bos token, where much attention sinks
 ids = [enc.bos] * n_bos + text_ids
-if not 0 < len(ids) <= model.config.block_size:
-    raise SystemExit(f"error: the prompt has {len(ids)} tokens; it must have 1 to {model.config.block_size}")
+if not 0 < len(ids) <= shape.block_size:
+    raise SystemExit(f"error: the prompt has {len(ids)} tokens; it must have 1 to {shape.block_size}")
+with user_errors():
+    model = load_trained(run, base).eval().to(device)
+    base_name = base or (model.name_or_path if model.adapter is not None else "")
+    base_model = GPT.from_pretrained(base_name).eval().to(device) if base_name else None
 _, offsets = enc.decode_with_offsets(text_ids)  # character offset where each token of the text starts
 ends = offsets[1:] + [len(start)]
 
@@ -75,7 +79,8 @@ if needle:
         raise SystemExit(f"error: --needle {needle!r} does not occur in the prompt")
     c = start.index(needle)
     needle_span = token_span(c, c + len(needle))
-query_span = token_span(start.rindex("\n") + 1, len(start)) if "\n" in start.rstrip("\n") else None
+prompt = start.rstrip("\n")  # a file's last line may end with a newline
+query_span = token_span(prompt.rindex("\n") + 1, len(prompt)) if "\n" in prompt else None
 T = len(ids)
 regions = attention_regions(T, needle_span, query_span)
 idx = torch.tensor([ids], device=device)
@@ -112,8 +117,6 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-check(all(-len(maps) <= i < len(maps) for i in layer_list), "layers", layers, f"indices in -{len(maps)}..{len(maps) - 1}")
-check(head < model.config.n_head, "head", head, f"0..{model.config.n_head - 1}")
 chosen = [i % len(maps) for i in layer_list]
 n_cols = len(named_maps(0))
 fig, axes = plt.subplots(len(chosen), n_cols, figsize=(3.6 * n_cols, 3.4 * len(chosen)), squeeze=False)

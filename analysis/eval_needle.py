@@ -26,7 +26,6 @@ attn_examples examples of each cell. Output: the table (printed, and written bes
 .txt headed by the command, and as .json) and a heat map of exact match.
 """
 
-import json
 import time
 import os
 import sys
@@ -35,9 +34,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "data", "needle")]  # the repository, the needle generator
-from runs import load_trained, read_adapter  # noqa: E402
+from runs import load_trained, trained_config  # noqa: E402
 from analysis.attention_maps import attention_maps, attention_regions, region_mass  # noqa: E402
-from checkpoints import ALIASES, checkpoint_path, is_hub_id, open_gguf, save_json  # noqa: E402
+from checkpoints import save_json  # noqa: E402
 from configurator import check, configure, resolve_device, user_errors  # noqa: E402
 from model import KVCache  # noqa: E402
 from needle import KINDS, eval_seed, make_example  # noqa: E402
@@ -88,31 +87,12 @@ entries = models.split(",")
 rows = [(k, n, L) for k in kind_list for n in needle_list for L in length_list]
 
 
-def context_of(name):
-    """The context length of a model, read from its files without loading it (None for a hub id);
-    stops with one line if the model cannot be there."""
-    if name in ALIASES or (name.endswith(".gguf") and os.path.isfile(name)):
-        with user_errors():
-            reader = open_gguf(checkpoint_path(name))  # the same reader loads the model later
-        return int(reader.fields["llama.context_length"].contents())
-    if not os.path.isdir(name):
-        if is_hub_id(name):
-            return None  # a hub id: from_pretrained fetches it (or says why it cannot)
-        raise SystemExit(f"error: models: no folder {name!r} here (from {os.getcwd()})")
-    if os.path.exists(os.path.join(name, "adapter.safetensors")):
-        base = read_adapter(os.path.join(name, "adapter.safetensors"))[2]["name_or_path"]
-        return context_of(base)
-    if not os.path.exists(os.path.join(name, "config.json")):
-        raise SystemExit(f"error: models: {name!r} holds no checkpoint (adapter.safetensors or config.json)")
-    with open(os.path.join(name, "config.json")) as f:
-        hf = json.load(f)
-    return hf.get("n_positions", hf.get("max_position_embeddings"))
-
-
-# every model is checked before any is evaluated: a typo in the last one costs no time
+# every model is checked against the lengths, from its config alone, before any is evaluated: a
+# typo in the last one costs no time
 for name in (n for entry in entries for n in entry.split("+")):
-    ctx = context_of(name)
-    if ctx is not None and max(length_list) > ctx:
+    with user_errors():
+        ctx = trained_config(name)[0].block_size
+    if max(length_list) > ctx:
         raise SystemExit(f"error: lengths: {max(length_list)} is longer than {name}'s context of {ctx}")
 
 

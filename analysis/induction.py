@@ -42,7 +42,7 @@ def copy_losses(model, alphabet, seq_len, n_seq=64, seed=0):
 
 
 if __name__ == "__main__":
-    from runs import load_trained
+    from runs import load_trained, trained_config
     from tokenizer import dataset_dir, get_tokenizer, read_meta
     # -------------------------------------------------------------------------
     model = "out-pretrain"  # a train.py out_dir or a base model (gpt2, smollm2, a folder, a .gguf file, a hub id)
@@ -60,12 +60,12 @@ if __name__ == "__main__":
     check(n_seq >= 1, "n_seq", n_seq, "an integer >= 1")
     device = resolve_device(device)[0]
     lens = [int(n) for n in seq_lens.split(",")]
-    with user_errors():
-        net = load_trained(model).eval().to(device)
-        if dataset == "all":
-            enc = get_tokenizer(net.name_or_path)
-        else:
-            data_dir = dataset_dir(dataset, net.name_or_path)[0]
+    with user_errors():  # the context and the data from the config files alone, before the model is loaded
+        shape, base = trained_config(model)
+        enc = get_tokenizer(base) if dataset == "all" else None
+        data_dir = dataset_dir(dataset, base)[0] if dataset != "all" else None
+    if 2 * max(lens) > shape.block_size:
+        raise SystemExit(f"error: seq_lens up to {max(lens)} need a context of {2 * max(lens)}; {model} has {shape.block_size}")
     if dataset == "all":  # every token but the special ones
         specials = {enc.encode_single_token(t) for t in enc.special_tokens_set}
         alphabet = torch.tensor([i for i in range(enc.vocab_size) if i not in specials])
@@ -75,8 +75,8 @@ if __name__ == "__main__":
     else:
         raise SystemExit(f"error: no train.bin in {data_dir} for dataset {dataset!r}: prepare it first (python "
                          f"data/{dataset}/prepare.py --tokenizer=BASE), or pass --dataset=all")
-    if 2 * max(lens) > net.config.block_size:
-        raise SystemExit(f"error: seq_lens up to {max(lens)} need a context of {2 * max(lens)}; {model} has {net.config.block_size}")
+    with user_errors():
+        net = load_trained(model).eval().to(device)
     lines = [f"# python analysis/induction.py {' '.join(sys.argv[1:])}",
              f"# {model}: loss (nats) on random runs S of {len(alphabet):,} distinct tokens written twice; {n_seq} runs per length",
              f"# chance on the first S: ln {len(alphabet):,} = {np.log(len(alphabet)):.3f}",

@@ -33,7 +33,7 @@ from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 from configurator import check, configure, dataclass_from_settings, dataclass_settings, read_config, resolve_device  # noqa: E402
-from difflora import METHODS, SETTING_NAMES, apply_difflora, apply_lora  # noqa: E402
+from difflora import APPLY, METHODS, SETTING_NAMES  # noqa: E402
 from model import GPT, GPTConfig, LLAMA, empty_model, flops_per_token  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def build(run, layers, meta=False):
         for p in model.parameters():  # any values: they do not change the memory
             p.data.uniform_(-0.02, 0.02)
     adapter = dataclass_from_settings(METHODS[run["method"]], run, SETTING_NAMES)
-    (apply_lora if run["method"] == "lora" else apply_difflora)(model, adapter)
+    APPLY[run["method"]](model, adapter)
     model.loss_chunk = run["loss_chunk"]
     return model.train()
 

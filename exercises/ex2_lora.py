@@ -8,7 +8,8 @@ import torch.nn as nn
 
 
 class LoRALinear(nn.Module):
-    """y = base(x) + (alpha / r) * x A^T B^T around a frozen nn.Linear `base` (in -> out).
+    """y = base(x) + (alpha / r) x A B around a frozen nn.Linear `base` (in -> out), A (in, r), B (r, out).
+    A and B are stored as nn.Linear stores its weights, transposed (handout: the equations).
 
     A: nn.Parameter (r, in), kaiming-uniform like an nn.Linear(in, r) weight, i.e. U(+-1/sqrt(in)).
     B: nn.Parameter (out, r), zeros. Only A and B are trainable; base stays frozen.

@@ -254,3 +254,64 @@ def test_report_tabulates_curves_lambda_and_general_loss(trained_50k, tmp_path):
     out = run(sys.executable, "analysis/report.py", f"--runs={adapter}", "--steps=0,2", "--text=")
     assert out.returncode == 1 and "has no evaluation at iteration 2" in out.stderr
 
+
+def test_needle_code_spans_hold_the_codes():
+    from needle import make_example
+    from tokenizer import get_tokenizer
+    enc = get_tokenizer("gpt2")
+    for kind, n in (("single", 3), ("multikey", 4), ("multivalue", 6)):
+        ex = make_example(enc, 11, 256, n, 0.5, kind)
+        codes = [enc.decode(ex["tokens"][a:b]).strip() for a, b in ex["codes"]]
+        assert ", ".join(codes) == ex["value"]  # the asked key's codes, in order of appearance
+        others = [enc.decode(ex["tokens"][a:b]).strip() for a, b in ex["distractor_codes"]]
+        assert len(codes) + len(others) == n and all(c.isdigit() and len(c) == 4 for c in others)
+
+
+@pytest.mark.slow
+def test_negative_map_measures_a2_where_the_codes_are(trained_50k, tmp_path):
+    """analysis/negative_map.py: lambda's path is the run's metrics.json, and each concentration is
+    the mass per token of the last prompt token's map on a region over 1/T, computed here again
+    from attention_maps for the one example."""
+    from needle import eval_seed, make_example
+    from runs import load_trained
+    from tokenizer import get_tokenizer
+    adapter = trained_50k[1]
+    out = run(sys.executable, "analysis/negative_map.py", f"--runs={adapter}+{adapter}", "--kinds=multikey",
+              "--needles=2", "--lengths=64", "--depths=0.5", "--examples=1", "--steps=0,3", f"--out={tmp_path / 'neg.txt'}")
+    assert out.returncode == 0, out.stderr
+    data = json.load(open(tmp_path / "neg.json"))["entries"][f"{adapter}+{adapter}"]
+    metrics = {r["iter"]: r["lambda"] for r in json.load(open(os.path.join(adapter, "metrics.json")))["eval"]}
+    assert [p[1] for p in data["lambda_path"]] == pytest.approx(metrics[3], abs=1e-9)
+    model = load_trained(adapter).eval()
+    ex = make_example(get_tokenizer("gpt2"), eval_seed(1, "multikey", 2, 64, 0.5, 0), 64, 2, 0.5, kind="multikey")
+    T = ex["answer_start"]
+    maps = attention_maps(model, torch.tensor([ex["tokens"][:T]]), rows=slice(-1, None))
+    for layer, (a1, neg, lam) in enumerate(maps):
+        a2 = neg / lam
+        for col, (a, spans) in zip((1, 2, 4, 5), ((a1, ex["codes"]), (a1, ex["distractor_codes"]), (a2, ex["codes"]),
+                                                   (a2, ex["distractor_codes"]))):
+            cols = [i for s, e in spans for i in range(s, e)]
+            want = a[0, :, -1][:, cols].sum(-1).mean().item() / len(cols) * T
+            assert data["layers"][layer][col] == pytest.approx(want, rel=1e-5)
+        assert data["layers"][layer][0] == pytest.approx(lam)
+    assert "A2 puts more per token on the distractors' codes" in open(tmp_path / "neg.txt").read()
+    lora = run(sys.executable, "analysis/negative_map.py", f"--runs={tmp_path}")
+    assert lora.returncode != 0 and "holds no finished train.py run" in lora.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_check_on_the_cpu(tmp_path):
+    """bench/gpu_check.py on tiny shapes (--quick) on the CPU: a row per check, written to its table;
+    a check that fails makes the exit code 1 and says so."""
+    table = tmp_path / "cpu.txt"
+    out = run(sys.executable, "bench/gpu_check.py", "--device=cpu", "--quick=True", "--compile=False", f"--out={table}")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = [line.split()[:1] + line.split()[-1:] for line in open(table) if not line.startswith("#")][1:]
+    text = open(table).read()
+    assert text.startswith("# python bench/gpu_check.py --device=cpu") and "0 of " in text
+    assert {r[0] for r in rows} == {"tests", "bf16", "speed", "paper", "ddp"}
+    assert "loss" in text and "vs fp32" in text and "greedy tokens equal transformers'" in text
+    assert "skipped: 0 GPUs here, DDP needs 2" in text
+    failing = run(sys.executable, "bench/gpu_check.py", "--device=cpu", "--quick=True", "--checks=bf16", "--compile=False",
+                  "--tolerance=-1", f"--out={tmp_path / 'fail.txt'}")
+    assert failing.returncode == 1 and "2 of 4 checks failed" in failing.stdout  # eager DiffLoRA and LoRA; compiled: skipped

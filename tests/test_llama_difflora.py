@@ -44,7 +44,7 @@ def rotate(x, pos, theta):
 
 
 def test_layer_matches_naive_equations_with_rope_and_gqa(llama_tiny):
-    """One layer, every adapter on, against the equations: Q1 = x W_Q + s B A x (and K1 with
+    """One layer, every adapter on, against the equations: Q1 = x W_Q + s x A B (and K1 with
     n_kv_head * head_dim outputs), Q2 and K2 from adapters alone, all four rotated by RoPE, each
     key/value head serving its 2 query heads in both maps, (A1 - lambda A2) V, W_O plus its LoRA."""
     m = perturb(adapted(llama_tiny[0], lora_v=True, lora_o=True)).eval()

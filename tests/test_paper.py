@@ -56,6 +56,7 @@ def tulu(tmp_path_factory):
     write_parquet(root / "train-0.parquet", CONVERSATIONS[:3])
     write_parquet(root / "train-1.parquet", CONVERSATIONS[3:])
     prepare(f"--input={root}/train-*.parquet", f"--tokenizer={base}", f"--max_tokens={MAX_TOKENS}", "--n_val=1",
+            f"--source_dir={root}/source",
             f"--out_dir={root}/data")
     return str(base), str(root / "data")
 
@@ -100,6 +101,25 @@ def test_prepare_equals_apply_chat_template(tulu):
     assert sorted(found) == [0, 1, 2, 4]
 
 
+def test_kept_parquet_files_serve_a_second_tokenizer_offline(tulu, tmp_path, monkeypatch):
+    """The parquet files given once with --input are kept in the source folder: preparing the chats
+    for a base with another tokenizer reads them, with neither --input nor the hub."""
+    from conftest import CHATML
+    base, folder = tulu
+    root = os.path.dirname(folder)
+    assert sorted(os.listdir(os.path.join(root, "source"))) == ["00000-train-0.parquet", "00001-train-1.parquet"]
+    other = tmp_path / "chatml"
+    make_tokenizer(other, "smollm2", chat_template=CHATML)
+    (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    prepare(f"--tokenizer={other}", f"--max_tokens={MAX_TOKENS}", "--n_val=1", f"--source_dir={root}/source",
+            f"--out_dir={tmp_path}/data")
+    meta = json.load(open(tmp_path / "data" / "meta.json"))
+    assert meta["read"] == len(CONVERSATIONS) and meta["source"] == ["00000-train-0.parquet", "00001-train-1.parquet"]
+    assert meta["tokenizer"] != json.load(open(os.path.join(folder, "meta.json")))["tokenizer"]
+
+
 def test_prepare_errors(tulu, tmp_path, monkeypatch, capsys):
     """One line each: pyarrow missing, a parquet file without messages, a base with no chat format."""
     base, _ = tulu
@@ -107,24 +127,24 @@ def test_prepare_errors(tulu, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(SystemExit, match=r"^error: reading the parquet files needs pyarrow.*pip install pyarrow$"):
-        prepare(f"--input={tmp_path}/ok.parquet", f"--tokenizer={base}", f"--out_dir={tmp_path}/out")
+        prepare(f"--input={tmp_path}/ok.parquet", f"--tokenizer={base}", f"--out_dir={tmp_path}/out", f"--source_dir={tmp_path}/source")
     monkeypatch.undo()
     write_parquet(tmp_path / "bad.parquet", [json.dumps(c) for c in CONVERSATIONS[:2]], column="conversation")
     with pytest.raises(SystemExit, match=r"^error: .*bad.parquet has no 'messages' column \(its columns: dataset, id, "
                                          r"conversation\)"):
-        prepare(f"--input={tmp_path}/bad.parquet", f"--tokenizer={base}", f"--out_dir={tmp_path}/out")
+        prepare(f"--input={tmp_path}/bad.parquet", f"--tokenizer={base}", f"--out_dir={tmp_path}/out", f"--source_dir={tmp_path}/source")
     plain = tmp_path / "plain"
     make_tokenizer(plain, "llama3", chat_template="")
     (plain / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(SystemExit, match=r"^error: the base .*plain has no chat format"):
-        prepare(f"--input={tmp_path}/ok.parquet", f"--tokenizer={plain}", f"--out_dir={tmp_path}/out")
+        prepare(f"--input={tmp_path}/ok.parquet", f"--tokenizer={plain}", f"--out_dir={tmp_path}/out", f"--source_dir={tmp_path}/source")
     with pytest.raises(SystemExit, match=r"^error: --input .*nothing-\*.parquet matches no file$"):
-        prepare(f"--input={tmp_path}/nothing-*.parquet", f"--tokenizer={base}")
+        prepare(f"--input={tmp_path}/nothing-*.parquet", f"--tokenizer={base}", f"--source_dir={tmp_path}/source")
     import huggingface_hub
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no --input: the hub, unreachable here
     with pytest.raises(SystemExit, match=r"^error: could not download allenai/tulu-v2-sft-mixture .*pass its parquet "
                                          r"files with --input$"):
-        prepare(f"--tokenizer={base}", f"--out_dir={tmp_path}/out")
+        prepare(f"--tokenizer={base}", f"--out_dir={tmp_path}/out", f"--source_dir={tmp_path}/source")
     assert not os.path.exists(tmp_path / "out")
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT
 
 LAB = os.path.join(ROOT, "results", "lab")
-TABLES = sorted(f for f in os.listdir(LAB) if f.endswith(".txt")) if os.path.isdir(LAB) else []
+TABLES = sorted(os.path.relpath(os.path.join(d, f), LAB) for d, _, files in os.walk(LAB) for f in files if f.endswith(".txt"))
 DECIMAL = r"[-+]?\d+\.\d+"
 
 
@@ -31,7 +31,7 @@ def lab_tables(page):
     for m in re.finditer(r"((?:^\|.*\|\n)+)", text, flags=re.M):
         between = text[since:m.start()]
         if between.strip():  # else: the table right below another
-            cited = sorted(set(re.findall(r"results/lab/(\w+\.txt)", between.strip().split("\n\n")[-1])))
+            cited = sorted(set(re.findall(r"results/lab/([\w/]+\.txt)", between.strip().split("\n\n")[-1])))
         body = m.group(1).splitlines()[2:]  # below the header and its --- line
         if cited and body:
             found.append((cited, re.findall(DECIMAL, "\n".join(body))))

@@ -35,7 +35,8 @@ def frozen_unchanged(model, base_path):
 def test_prepare_shakespeare(tmp_path):
     if not os.path.exists(SHAKESPEARE):
         pytest.skip("../shared/data/tinyshakespeare is not here")
-    out = run(sys.executable, "data/shakespeare/prepare.py", "--input", SHAKESPEARE, "--out_dir", str(tmp_path))
+    out = run(sys.executable, "data/shakespeare/prepare.py", "--input", SHAKESPEARE, "--out_dir", str(tmp_path),
+              f"--source_dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     meta = json.load(open(tmp_path / "meta.json"))
     assert (meta["train_tokens"], meta["val_tokens"]) == (301_966, 36_059)
@@ -49,7 +50,7 @@ def test_prepare_shakespeare(tmp_path):
 @pytest.mark.slow
 def test_prepare_failed_download_says_what_to_do(tmp_path):
     # a proxy nobody listens on stands for a machine without network
-    out = run(sys.executable, "data/shakespeare/prepare.py", "--out_dir", str(tmp_path),
+    out = run(sys.executable, "data/shakespeare/prepare.py", "--out_dir", str(tmp_path), f"--source_dir={tmp_path}",
               https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
     assert out.returncode != 0
     assert "could not download tiny-shakespeare" in out.stderr and "--input PATH" in out.stderr

@@ -2,10 +2,12 @@
 right way (one line, exit code 1, before any heavy work), portable adapters, partial results."""
 
 import io
+import json
 import os
 import re
 import runpy
 import shutil
+import subprocess
 import sys
 from contextlib import redirect_stdout
 
@@ -279,6 +281,7 @@ def test_torchrun_asking_for_cuda_stops_every_rank_the_same_way(tiny101, chain, 
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.slow
 def test_gpu_cases(tiny101, chain, tmp_path):
     n = torch.cuda.device_count()
@@ -309,11 +312,12 @@ def test_a_prepared_dataset_is_not_fetched_again(tmp_path):
     shakespeare = os.path.join(os.path.dirname(ROOT), "shared", "data", "tinyshakespeare", "input.txt")
     if not os.path.exists(shakespeare):
         pytest.skip("../shared/data/tinyshakespeare is not here")
-    first = run(sys.executable, "data/shakespeare/prepare.py", "--input", shakespeare, f"--out_dir={tmp_path}")
+    first = run(sys.executable, "data/shakespeare/prepare.py", "--input", shakespeare, f"--out_dir={tmp_path}",
+                f"--source_dir={tmp_path / 'source'}")
     assert first.returncode == 0, first.stderr
     before = {f: os.stat(tmp_path / f).st_mtime_ns for f in os.listdir(tmp_path)}
     # no --input and no network: the tokens are there, so nothing is fetched or written
-    again = run(sys.executable, "data/shakespeare/prepare.py", f"--out_dir={tmp_path}",
+    again = run(sys.executable, "data/shakespeare/prepare.py", f"--out_dir={tmp_path}", f"--source_dir={tmp_path / 'source'}",
                 https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
     assert {f: os.stat(tmp_path / f).st_mtime_ns for f in os.listdir(tmp_path)} == before
@@ -346,3 +350,55 @@ def test_the_students_copy_has_no_answers_and_still_grades(tmp_path):
     refused = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "exercises", "--solutions", cwd=dest)
     assert refused.returncode != 0 and "has no exercises/solutions/" in refused.stdout + refused.stderr
     assert one_line(run(sys.executable, "exercises/helpers/student_copy.py", str(dest))).endswith("(nothing was written)")
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--method=lora", "--lora_targets=attn_out"], "LoRA targets ['attn_out'] are not maps of this Llama model"),
+    (["--block_size=4096"], "setting 'block_size' is 4096; allowed: at most 256, the context of"),
+    (["--variant=shared", "--init=preserve", "--groupnorm=True"], "init='preserve' starts from lambda = 0"),
+])
+def test_a_bad_setting_fails_before_any_data_or_weights(llama_tiny, tmp_path, monkeypatch, args, says):
+    """A setting that cannot apply to the base (its family, its context) stops train.py with one
+    line before it prepares data or loads a weight: here the dataset is missing and there is no
+    network, and neither the preparation nor the loading may even start."""
+    import batches
+    import model
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a bad setting reached the long work")
+    monkeypatch.setattr(batches, "prepared_dir", must_not_run)
+    monkeypatch.setattr(model.GPT, "from_pretrained", must_not_run)
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    out, code = run_script("train.py", f"--init_from={llama_tiny[0]}", "--dataset=shakespeare", "--device=cpu",
+                           f"--out_dir={tmp_path / 'run'}", *args)
+    assert isinstance(code, str) and code.startswith("error: ") and "\n" not in code and says in code, code
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_a_second_tokenizer_is_made_from_the_kept_text_offline(llama_tiny, tmp_path):
+    """tiny-shakespeare given once with --input (for GPT-2) is kept beside its preparer; train.py on
+    a base with another tokenizer then prepares that tokenizer's tokens from the kept text, with no
+    network, as a user reaches it. In a copy of the repository, so that this one's data/ stays as it is."""
+    shakespeare = os.path.join(os.path.dirname(ROOT), "shared", "data", "tinyshakespeare", "input.txt")
+    if not os.path.exists(shakespeare):
+        pytest.skip("../shared/data/tinyshakespeare is not here")
+    repo = tmp_path / "repo"
+    for f in subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split():
+        if not f.startswith(("results/", "docs/", "exercises/")) and os.path.exists(os.path.join(ROOT, f)):
+            os.makedirs(repo / os.path.dirname(f), exist_ok=True)
+            shutil.copy(os.path.join(ROOT, f), repo / f)
+    first = run(sys.executable, "data/shakespeare/prepare.py", "--input", shakespeare, cwd=repo)
+    assert first.returncode == 0, first.stderr
+    assert open(repo / "data" / "shakespeare" / "input.txt", "rb").read() == open(shakespeare, "rb").read()
+    offline = dict(https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
+    out = run(sys.executable, "train.py", f"--init_from={llama_tiny[0]}", "--dataset=shakespeare", "--max_iters=0",
+              "--eval_iters=1", "--batch_size=2", "--block_size=32", "--device=cpu", f"--out_dir={tmp_path / 'run'}",
+              cwd=repo, **offline)
+    assert out.returncode == 0, out.stderr
+    assert "downloading" not in out.stdout
+    from tokenizer import get_tokenizer
+    made = json.load(open(repo / "data" / "shakespeare" / get_tokenizer(llama_tiny[0]).name / "meta.json"))
+    gpt2 = json.load(open(repo / "data" / "shakespeare" / "gpt2" / "meta.json"))
+    assert made["source_sha256"] == gpt2["source_sha256"] and made["tokenizer"] != gpt2["tokenizer"]

@@ -52,9 +52,10 @@ def make_example(enc, seed, n_tokens, n_needles=1, depth=0.5, kind="single", val
     """One example as a dict: tokens (exactly n_tokens ids), answer_start (the answer is
     tokens[answer_start:]), needle and question: (start, end) token ranges of the asked-about
     needle sentence and of the question, spans: the ranges of all the asked key's needles (one
-    unless multivalue), key, value (the answer's text without its leading space), and wrong: the
-    token ids of every wrong answer that swaps one of the answer's codes for a distractor needle's
-    code (what the margin of analysis/eval_needle.py compares with)."""
+    unless multivalue), codes and distractor_codes: the ranges of the code digits in the asked
+    key's needles and in the others, key, value (the answer's text without its leading space),
+    and wrong: the token ids of every wrong answer that swaps one of the answer's codes for a
+    distractor needle's code (what the margin of analysis/eval_needle.py compares with)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     low = values if kind == "multivalue" else 1
@@ -99,11 +100,13 @@ def make_example(enc, seed, n_tokens, n_needles=1, depth=0.5, kind="single", val
     first = min(slots, key=lambda p: abs(p - depth * n_filler))
     places = [first] + [rng.choice(slots) for _ in needles[1:]]
     tokens, spans, order, start = list(bos), [], [], 0
+    code_spans, distractor_codes = [], []
     for place, i in sorted(zip(places, range(len(needles)))):  # the asked needle goes first among equals
         tokens += filler[start:place]
         if i in asked:
             spans.append((len(tokens), len(tokens) + len(needles[i])))
             order.append(i)
+        (code_spans if i in asked else distractor_codes).append(code_range(enc, needles[i], codes[i], len(tokens)))
         tokens += needles[i]
         start = place
     tokens += filler[start:] + question
@@ -115,8 +118,17 @@ def make_example(enc, seed, n_tokens, n_needles=1, depth=0.5, kind="single", val
     others = [c for i, c in enumerate(codes) if i not in asked and c not in right]
     wrong = [enc.encode_ordinary(" " + ", ".join(map(str, right[:j] + [c] + right[j + 1:])))
              for j in range(len(right)) for c in others]
-    return dict(tokens=tokens, answer_start=answer_start, needle=spans[order.index(0)], spans=spans,
-                question=(answer_start - len(question), answer_start), key=keys[0], value=value, wrong=wrong)
+    return dict(tokens=tokens, answer_start=answer_start, needle=spans[order.index(0)], spans=spans, codes=code_spans,
+                distractor_codes=distractor_codes, question=(answer_start - len(question), answer_start), key=keys[0],
+                value=value, wrong=wrong)
+
+
+def code_range(enc, needle, code, offset):
+    """The (start, end) token range of a needle's code digits, the needle's tokens starting at offset."""
+    text, starts = enc.decode_with_offsets(needle)
+    c0 = text.rindex(str(code))
+    hit = [i for i, (a, b) in enumerate(zip(starts, starts[1:] + [len(text)])) if a < c0 + 4 and b > c0]
+    return offset + hit[0], offset + hit[-1] + 1
 
 
 def eval_seed(seed, kind, n_needles, n_tokens, depth, i):

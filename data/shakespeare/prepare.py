@@ -6,9 +6,11 @@ as nanoGPT does: with GPT-2's BPE, 301,966 train and 36,059 val tokens.
     python data/shakespeare/prepare.py --tokenizer=smollm2     # SmolLM2's (from its GGUF, no download)
     python data/shakespeare/prepare.py --input PATH            # offline: a local copy of input.txt
 
-input.txt is read from this folder, else downloaded into it. The tokens go into a folder per
-tokenizer (meta.json records which one), as train.py expects. A run that finds the tokens there
-already (made from the same input.txt, or from an --input no longer given) changes nothing.
+The text is kept once, as input.txt in this folder (--source_dir): downloaded on the first run,
+or copied there from --input, and every tokenizer's tokens are made from that one copy (train.py
+prepares them for a new base's tokenizer with no download). The tokens go into a folder per
+tokenizer (meta.json records which one). A run that finds the tokens there already, made from
+the same text, changes nothing.
 """
 
 import argparse
@@ -23,6 +25,7 @@ import numpy as np
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root
+from checkpoints import save_atomically  # noqa: E402
 from configurator import ArgumentParser, user_errors  # noqa: E402
 from tokenizer import get_tokenizer, read_meta, token_meta  # noqa: E402
 
@@ -32,6 +35,7 @@ parser.add_argument("--tokenizer", default="gpt2", help="the base model whose to
                                                         "a .gguf file, a hub id)")
 parser.add_argument("--out_dir", help="where train.bin, val.bin and meta.json go (default: a folder here named after "
                                       "the tokenizer)")
+parser.add_argument("--source_dir", default=HERE, help="where the text is kept, once for every tokenizer (default: here)")
 args = parser.parse_args()
 
 if args.input and not os.path.exists(args.input):
@@ -39,26 +43,42 @@ if args.input and not os.path.exists(args.input):
 with user_errors():
     enc = get_tokenizer(args.tokenizer)
 out_dir = args.out_dir or os.path.join(HERE, enc.name)
-source = args.input or os.path.join(args.out_dir or HERE, "input.txt")  # one input.txt here serves every tokenizer
+source = os.path.join(args.source_dir, "input.txt")  # the one copy every tokenizer's tokens are made from
 old = read_meta(out_dir)
 prepared = old.get("tokenizer") == enc.name and all(os.path.exists(os.path.join(out_dir, f"{s}.bin")) for s in ("train", "val"))
-if not os.path.exists(source):
-    if prepared:  # the tokens are here: nothing to fetch
-        print(f"{out_dir} already holds tiny-shakespeare in {enc.name} tokens; nothing to do")
-        sys.exit(0)
-    print(f"downloading {URL}")
+if args.input:
+    with open(args.input, "rb") as f:
+        data = f.read()
+elif os.path.exists(source):
+    data = None
+elif prepared:  # the tokens are here: nothing to fetch
+    print(f"{out_dir} already holds tiny-shakespeare in {enc.name} tokens; nothing to do")
+    sys.exit(0)
+else:
+    print(f"downloading {URL} into {source}")
     try:
         with urllib.request.urlopen(URL, timeout=30) as r:
             data = r.read()
     except OSError as e:
         raise SystemExit(f"error: could not download tiny-shakespeare from {URL} ({e}). "
                          f"Download input.txt elsewhere and run: python {__file__} --input PATH")
-    os.makedirs(os.path.dirname(source), exist_ok=True)
-    with open(source + ".tmp", "wb") as f:
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write(tmp):
+    with open(tmp, "wb") as f:
         f.write(data)
-    os.replace(source + ".tmp", source)
-with open(source, "rb") as f:
-    raw = f.read()
+
+
+if data is not None and not (os.path.exists(source) and read(source) == data):
+    os.makedirs(args.source_dir, exist_ok=True)
+    save_atomically(source, write)
+    print(f"kept the text as {source}: every tokenizer's tokens are made from it")
+raw = read(source)
 if prepared and old.get("source_sha256") == hashlib.sha256(raw).hexdigest():
     print(f"{out_dir} already holds this input.txt in {enc.name} tokens; nothing to do")
     sys.exit(0)

@@ -12,8 +12,8 @@ the rest, which takes many occurrences; drawn from all 50,257 tokens (about 6 oc
 here), no copying appeared in 400 iterations. Numbers because the lab's needle task asks for
 4-digit codes, and shakespeare holds 1 of the 986 tokens that spell them.
 
-    python data/shakespeare/prepare.py             # offline: --input PATH/input.txt
-    python data/shakespeare_copy/prepare.py                      # then train on --dataset=shakespeare_copy
+    python data/shakespeare_copy/prepare.py        # runs data/shakespeare/prepare.py first when its tokens are missing
+    python train.py --dataset=shakespeare_copy ...
 
 Writes train.bin (shakespeare and copy documents interleaved), train_mask.bin (0 on the
 <|endoftext|> and the first S of each copy document: random, nothing to learn), val.bin (shakespeare's val split
@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -56,6 +57,10 @@ if args.top < 1:
 if not 1 <= args.len_min <= args.len_max:
     parser.error(f"need 1 <= --len_min <= --len_max, got {args.len_min} and {args.len_max}")
 paths = {split: os.path.join(args.source, f"{split}.bin") for split in ("train", "val")}
+if args.source == SOURCE and not all(os.path.exists(p) for p in paths.values()):  # made from shakespeare's one kept text
+    script = os.path.join(os.path.dirname(HERE), "shakespeare", "prepare.py")
+    if subprocess.run([sys.executable, script, f"--out_dir={SOURCE}"]).returncode != 0:
+        raise SystemExit(f"error: {script} failed; run it by hand (see its --help)")
 if not all(os.path.exists(p) for p in paths.values()):
     raise SystemExit(f"error: no {paths['train']} / {paths['val']}: run python data/shakespeare/prepare.py first "
                      f"(offline: --input PATH of tiny-shakespeare's input.txt)")

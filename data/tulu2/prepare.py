@@ -10,6 +10,10 @@ assistant's tokens counted in the loss.
     python data/tulu2/prepare.py --input='/data/tulu/train-*.parquet'   # local parquet files, nothing downloaded
     python data/tulu2/prepare.py --tokenizer=smollm2               # for SmolLM2-135M-Instruct (ChatML)
 
+The parquet files are kept once, in source/ here (--source_dir): downloaded there, or linked
+(copied across file systems) there from --input, and every base's chats are made from them (a
+later run, or train.py preparing them for another tokenizer, needs neither --input nor the hub).
+
 Writes into a folder here named after the tokenizer, as train.py expects (train.py runs this
 script itself when the folder is missing):
   train.bin, val.bin                  the conversations one after another (uint32 for Llama 3's vocabulary)
@@ -28,6 +32,7 @@ and train.py reads the rest in file order, epoch after epoch.
 import argparse
 import glob
 import os
+import shutil
 import sys
 import time
 
@@ -49,6 +54,8 @@ parser.add_argument("--max_tokens", type=int, default=4096, help="longer convers
 parser.add_argument("--n_val", type=int, default=1000, help="examples held out for the validation loss")
 parser.add_argument("--seed", type=int, default=0, help="the shuffle of the examples")
 parser.add_argument("--out_dir", help="where the files go (default: a folder here named after the tokenizer)")
+parser.add_argument("--source_dir", default=os.path.join(HERE, "source"),
+                    help="where the parquet files are kept, once for every tokenizer (default: source/ here)")
 args = parser.parse_args()
 
 if args.max_tokens < 2 or args.n_val < 1:
@@ -65,31 +72,57 @@ if enc.chat_format is None:
                      f"template), so its conversations cannot be rendered: prepare the data for an instruct model, e.g. "
                      f"--tokenizer=meta-llama/Llama-3.2-1B-Instruct or --tokenizer=smollm2")
 
-if args.input:
-    files = []
+
+def kept():
+    """The parquet files kept in source_dir (downloaded there, or given once with --input)."""
+    return sorted(glob.glob(os.path.join(args.source_dir, "**", "*.parquet"), recursive=True))
+
+
+def open_parquets(files):
+    """{path: the open file}, every one checked before any is read."""
+    parquets = {}
+    for path in files:
+        try:
+            parquets[path] = pq.ParquetFile(path)
+        except Exception as e:
+            raise SystemExit(f"error: {path} is not a readable parquet file ({type(e).__name__}: {e})") from None
+        names = parquets[path].schema_arrow.names
+        if "messages" not in names:
+            raise SystemExit(f"error: {path} has no 'messages' column (its columns: {', '.join(names)}): Tulu's format "
+                             f"holds each conversation as a list of {{role, content}} in 'messages'")
+    return parquets
+
+
+if args.input:  # checked, then kept beside this script: hard links, or copies across file systems
+    given = []
     for pattern in args.input:
         found = sorted(glob.glob(pattern))
         if not found:
             raise SystemExit(f"error: --input {pattern} matches no file")
-        files += found
-else:
+        given += found
+    open_parquets(given)
+    os.makedirs(args.source_dir, exist_ok=True)
+    given = [os.path.realpath(p) for p in given]
+    for path in kept():  # the source is what was given last (a given file that is kept already stays)
+        if os.path.realpath(path) not in given:
+            os.remove(path)
+    for i, path in enumerate(given):
+        if os.path.commonpath([path, os.path.realpath(args.source_dir)]) == os.path.realpath(args.source_dir):
+            continue  # kept already
+        dest = os.path.join(args.source_dir, f"{i:05d}-{os.path.basename(path)}")
+        try:
+            os.link(path, dest)
+        except OSError:
+            save_atomically(dest, lambda tmp: shutil.copyfile(path, tmp))
+    print(f"kept {len(given)} parquet file(s) in {args.source_dir}: every tokenizer's chats are made from them")
+elif not kept():
     from huggingface_hub import snapshot_download
     try:
-        folder = snapshot_download(REPO, repo_type="dataset", allow_patterns=["data/*.parquet"])
+        snapshot_download(REPO, repo_type="dataset", allow_patterns=["data/*.parquet"], local_dir=args.source_dir)
     except Exception as e:
         raise SystemExit(f"error: could not download {REPO} ({type(e).__name__}): with no connection to the hub, "
                          f"pass its parquet files with --input") from None
-    files = sorted(glob.glob(os.path.join(folder, "data", "*.parquet")))
-parquets = {}  # path -> the open file, every one checked before any is read
-for path in files:
-    try:
-        parquets[path] = pq.ParquetFile(path)
-    except Exception as e:
-        raise SystemExit(f"error: {path} is not a readable parquet file ({type(e).__name__}: {e})") from None
-    names = parquets[path].schema_arrow.names
-    if "messages" not in names:
-        raise SystemExit(f"error: {path} has no 'messages' column (its columns: {', '.join(names)}): Tulu's format holds "
-                         f"each conversation as a list of {{role, content}} in 'messages'")
+parquets = open_parquets(kept())
 
 t0 = time.time()
 examples, n_read, n_cut, n_empty, tokens_before = [], 0, 0, 0, 0
@@ -128,13 +161,13 @@ for split, picked in (("train", order[:-args.n_val]), ("val", order[-args.n_val:
     pairs = lengths[:len(lengths) // 2 * 2].reshape(-1, 2)  # train.py's micro-batches of 2, padded to the longer
     counts[split] = dict(examples=len(picked), tokens=int(lengths.sum()), counted=int(mask.sum()),
                          real_fraction_at_batch_2=round(float(pairs.sum() / (2 * pairs.max(1)).sum()), 4) if len(pairs) else 1.0)
-meta.update(source=[os.path.basename(f) for f in files], max_tokens=args.max_tokens, seed=args.seed, n_val=args.n_val,
+meta.update(source=[os.path.basename(f) for f in parquets], max_tokens=args.max_tokens, seed=args.seed, n_val=args.n_val,
             read=n_read, truncated=n_cut, dropped=n_empty, tokens_before_truncation=tokens_before, **counts)
 save_json(os.path.join(out_dir, "meta.json"), meta)
-kept = counts["train"]["tokens"] + counts["val"]["tokens"]
-print(f"{n_read:,} conversations read from {len(files)} file(s) in {time.time() - t0:.0f} s; {n_cut:,} cut to "
+kept_tokens = counts["train"]["tokens"] + counts["val"]["tokens"]
+print(f"{n_read:,} conversations read from {len(parquets)} file(s) in {time.time() - t0:.0f} s; {n_cut:,} cut to "
       f"{args.max_tokens:,} tokens, {n_empty:,} dropped with no assistant token; kept {len(examples):,} "
-      f"({len(examples) / n_read:.1%}) and {kept:,} of {tokens_before:,} tokens ({kept / tokens_before:.1%})")
+      f"({len(examples) / n_read:.1%}) and {kept_tokens:,} of {tokens_before:,} tokens ({kept_tokens / tokens_before:.1%})")
 for split, c in counts.items():
     print(f"{split}: {c['examples']:,} examples, {c['tokens']:,} tokens, {c['counted']:,} counted "
           f"({c['counted'] / c['tokens']:.1%}); in micro-batches of 2, {c['real_fraction_at_batch_2']:.1%} of the "
