@@ -135,6 +135,20 @@ def load_trainable_state_dict(model, tensors, source):
             params[name].copy_(t)
 
 
+def save_run(out_dir, model, state):
+    """ckpt.pt: everything a resume needs, the trained tensors and `state` (optimiser, iteration,
+    settings); beside it the file people use: adapter.safetensors, or for a full fine-tune a
+    Hugging Face checkpoint. Each is written to a temporary file and renamed, so a crash never
+    destroys the last one."""
+    os.makedirs(out_dir, exist_ok=True)
+    state = {"trainable": {n: t.cpu() for n, t in trainable_state_dict(model).items()}, **state}
+    save_atomically(os.path.join(out_dir, "ckpt.pt"), lambda tmp: torch.save(state, tmp))
+    if model.adapter is None:
+        model.save_pretrained(out_dir)
+    else:
+        save_adapter(model, os.path.join(out_dir, "adapter.safetensors"))
+
+
 def plot_curves(metrics, path, title):
     """curves.png of a run: the loss curves and, for a DiffLoRA run, lambda per layer over the
     iterations (metrics: train.py's, {"log": [...], "eval": [...]})."""

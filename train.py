@@ -29,9 +29,9 @@ import torch
 from torch.distributed import all_gather_object, barrier, destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from runs import load_trainable_state_dict, plot_curves, save_adapter, trainable_state_dict
+from runs import load_trainable_state_dict, plot_curves, save_run
 from batches import Batches, prepared_dir
-from checkpoints import save_atomically, save_json
+from checkpoints import save_json
 from configurator import (check, choose, compile_errors, configure, dataclass_from_settings, dataclass_settings, peak_flops,
                           resolve_device, user_errors)
 from difflora import APPLY, METHODS, SETTING_NAMES, DiffLoRAConfig, apply_difflora, param_report
@@ -280,21 +280,6 @@ def lambdas():
     return [round(b.attn.lam().item(), 6) for b in raw_model.transformer.h] if method == "difflora" else []
 
 
-def save_checkpoint():
-    """ckpt.pt holds everything a resume needs (trained tensors, optimiser, iteration, settings);
-    beside it the file people use: adapter.safetensors, or for full a Hugging Face checkpoint.
-    Each is written to a temporary file and renamed, so a crash never destroys the last one."""
-    os.makedirs(out_dir, exist_ok=True)
-    state = {"trainable": {n: t.cpu() for n, t in trainable_state_dict(raw_model).items()},
-             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "iter_num": iter_num,
-             "best_val_loss": best_val_loss, "config": config, "base": base}
-    save_atomically(ckpt_path, lambda tmp: torch.save(state, tmp))
-    if method == "full":
-        raw_model.save_pretrained(out_dir)
-    else:
-        save_adapter(raw_model, os.path.join(out_dir, "adapter.safetensors"))
-
-
 if master:
     os.makedirs(out_dir, exist_ok=True)
     if init_from != "resume":  # --overwrite=True: nothing of the old run may be mistaken for this one's
@@ -327,8 +312,9 @@ while True:
             metrics["eval"].append({"iter": iter_num, **losses, "lambda": lams})
             improved = losses["val"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val"])
-            if iter_num > 0 and (always_save_checkpoint or improved):
-                save_checkpoint()
+            if iter_num > 0 and (always_save_checkpoint or improved):  # ckpt.pt (all a resume needs) and the adapter
+                save_run(out_dir, raw_model, dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                                                  iter_num=iter_num, best_val_loss=best_val_loss, config=config, base=base))
             save_json(os.path.join(out_dir, "metrics.json"), metrics)
             plot_curves(metrics, os.path.join(out_dir, "curves.png"), f"{method} on {os.path.basename(dataset)}, {os.path.basename(base)}")
         t0, window_steps, window_tokens, window_flops = time.time(), 0, 0, 0  # evaluation time is not training time
