@@ -3,7 +3,7 @@ The first command on a GPU machine: does the project run here, and how fast. Eac
 its own (a crash fails its row, not the table); the table is printed and written to
 results/gpu_check_<device>.txt, and the exit code is 1 if any check failed.
 
-    python bench/gpu_check.py                                  # one GPU: about 8 minutes on an H100 or H200
+    python bench/gpu_check.py                                  # one GPU: sized for about 8 minutes on an H100 or H200 (estimated)
     python bench/gpu_check.py --device=cpu --quick=True --out=out-gpu-check/cpu.txt   # the same checks, tiny shapes
 
   check   what it runs                                                 it fails when

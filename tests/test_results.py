@@ -25,16 +25,19 @@ def test_every_lab_table_names_its_command(name):
 
 def lab_tables(page):
     """(cited files, numbers) of each markdown table of a page whose paragraph right above cites
-    results/lab/FILE.txt, one or more; a table right below another shares its citation."""
+    results/lab/FILE.txt, one or more; a table right below another shares its citation. A column
+    headed "the paper's ..." quotes the paper: its numbers are left out."""
     text = open(os.path.join(ROOT, page)).read()
     found, since, cited = [], 0, []
     for m in re.finditer(r"((?:^\|.*\|\n)+)", text, flags=re.M):
         between = text[since:m.start()]
         if between.strip():  # else: the table right below another
             cited = sorted(set(re.findall(r"results/lab/([\w/]+\.txt)", between.strip().split("\n\n")[-1])))
-        body = m.group(1).splitlines()[2:]  # below the header and its --- line
+        header, _, *body = m.group(1).splitlines()
+        quoted = [i for i, h in enumerate(header.split("|")) if h.strip().startswith("the paper's")]
+        cells = [c for row in body for i, c in enumerate(row.split("|")) if i not in quoted]
         if cited and body:
-            found.append((cited, re.findall(DECIMAL, "\n".join(body))))
+            found.append((cited, re.findall(DECIMAL, "\n".join(cells))))
         since = m.end()
     return found
 
