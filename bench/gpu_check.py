@@ -175,7 +175,8 @@ def estimate(method):
 
 
 def check_paper():
-    shape = [*shape_args({k: v for k, v in TINY.items() if k != "family"}), "--seq_lens=256"] if quick else []
+    shape = [*shape_args({k: v for k, v in TINY.items() if k != "family"}), "--seq_lens=256", "--ratio_shapes=2x256",
+             "--pairs=2"] if quick else []
     with tempfile.TemporaryDirectory() as tmp:
         text, code, dt = run("bench/speed.py", "config/bench_paper.py", *shape, f"--device={device}", f"--out={tmp}/paper.json")
         if code != 0:

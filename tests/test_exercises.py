@@ -23,8 +23,11 @@ def test_solutions_pass_every_grader():
 
 @pytest.mark.slow
 def test_untouched_exercises_fail_only_with_not_implemented(tmp_path):
-    report = tmp_path / "report.xml"
-    out = run(*GRADE, f"--junitxml={report}")
+    """Graded where students grade them: in the copy exercises/helpers/student_copy.py writes, which
+    has no solutions (tests/test_ux.py checks the copy itself)."""
+    report, dest = tmp_path / "report.xml", tmp_path / "course"
+    assert run(sys.executable, "exercises/helpers/student_copy.py", str(dest)).returncode == 0
+    out = run(*GRADE, f"--junitxml={report}", cwd=dest)
     assert out.returncode == 1, out.stdout[-3000:]
     cases = list(ET.parse(report).getroot().iter("testcase"))
     assert len(cases) >= 40

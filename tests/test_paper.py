@@ -296,7 +296,7 @@ def test_memory_estimate(capsys):
     extrapolation from 2 and 3 blocks matches a direct measurement with 4, and checkpointing lowers
     every run's estimate."""
     argv, sys.argv = sys.argv, ["bench/memory.py", "--n_layer=4", "--n_head=4", "--n_kv_head=2", "--n_embd=64", "--n_inner=96",
-                                "--vocab_size=300", "--block_size=2048"]
+                                "--vocab_size=300", "--block_size=1024"]
     try:
         g = runpy.run_path(os.path.join(ROOT, "bench/memory.py"), run_name="__main__")
     finally:

@@ -275,7 +275,8 @@ def test_torchrun_asking_for_cuda_stops_every_rank_the_same_way(tiny101, chain, 
               f"--init_from={tiny101}", f"--dataset={chain}", f"--out_dir={tmp_path / 'run'}", "--device=cuda")
     assert out.returncode != 0
     ours = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
-    assert len(ours) == 2 and len(set(ours)) == 1 and "setting 'device' is 'cuda'" in ours[0], out.stderr[-3000:]
+    # torchrun stops the other rank as soon as one fails, so it may not live to print its line
+    assert len(ours) in (1, 2) and len(set(ours)) == 1 and "setting 'device' is 'cuda'" in ours[0], out.stderr[-3000:]
     assert "File \"" + os.path.join(ROOT, "train.py") not in out.stderr  # no traceback from the script
     assert not os.path.exists(tmp_path / "run")
 
@@ -332,21 +333,14 @@ def test_the_type_error_reads_right():
 
 
 @pytest.mark.slow
-def test_the_students_copy_has_no_answers_and_still_grades(tmp_path):
+def test_the_students_copy_has_no_answers(tmp_path):
     dest = tmp_path / "course"
     out = run(sys.executable, "exercises/helpers/student_copy.py", str(dest))
     assert out.returncode == 0, out.stderr
     assert not (dest / "exercises" / "solutions").exists() and not (dest / "exercises" / "KEY.md").exists()
     assert (dest / "exercises" / "ex1_attention.py").exists() and (dest / "model.py").exists() and not (dest / ".git").exists()
-    import xml.etree.ElementTree as ET
-    report = tmp_path / "report.xml"
-    graded = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "exercises", f"--junitxml={report}", cwd=dest)
-    assert graded.returncode == 1, graded.stdout[-2000:]
-    cases = list(ET.parse(report).getroot().iter("testcase"))
-    assert len(cases) >= 40
-    for case in cases:
-        failure = case.find("failure") if case.find("failure") is not None else case.find("error")
-        assert failure is not None and failure.get("message", "").startswith("NotImplementedError"), case.get("name")
+    # that its graders still grade, every exercise failing only with NotImplementedError, is
+    # tests/test_exercises.py's test_untouched_exercises_fail_only_with_not_implemented, run in such a copy
     refused = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "exercises", "--solutions", cwd=dest)
     assert refused.returncode != 0 and "has no exercises/solutions/" in refused.stdout + refused.stderr
     assert one_line(run(sys.executable, "exercises/helpers/student_copy.py", str(dest))).endswith("(nothing was written)")
