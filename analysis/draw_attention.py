@@ -36,7 +36,8 @@ out = ""  # the PNG ('' = attention.png in out_dir, or in out-attention/ for a p
 device = "auto"
 # -----------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
-globals().update(configure(config, sys.argv[1:]))
+config = configure(config, sys.argv[1:])
+globals().update(config)
 try:
     layer_list = [int(x) for x in layers.split(",")]
 except ValueError:

@@ -56,7 +56,8 @@ device = "auto"
 out = ""  # the heat map ('' = out-needle-eval/needle.png); the tables go beside it as .txt and .json
 # -----------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
-globals().update(configure(config, sys.argv[1:]))
+config = configure(config, sys.argv[1:])  # the settings as run (written into the .json)
+globals().update(config)
 
 
 def numbers(key, value, kind, example):

@@ -54,7 +54,8 @@ if __name__ == "__main__":
     out = ""  # also write the table to this file
     # -------------------------------------------------------------------------
     config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
-    globals().update(configure(config, sys.argv[1:]))
+    config = configure(config, sys.argv[1:])
+    globals().update(config)
     check(all(n.isdigit() and int(n) >= 2 for n in seq_lens.split(",")), "seq_lens", seq_lens,
           "comma-separated lengths >= 2 such as 16,48")
     check(n_seq >= 1, "n_seq", n_seq, "an integer >= 1")

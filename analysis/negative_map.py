@@ -44,7 +44,8 @@ device = "auto"
 out = "out-negative/negative.txt"  # the table; its numbers go beside it as .json
 # -----------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
-globals().update(configure(config, sys.argv[1:]))
+config = configure(config, sys.argv[1:])  # the settings as run (written into the .json)
+globals().update(config)
 check(runs != "", "runs", runs, "comma-separated DiffLoRA train.py out_dirs, '+' joining seeds")
 try:
     step_list, needle_list, length_list = ([int(x) for x in s.split(",")] for s in (steps, needles, lengths))

@@ -37,7 +37,8 @@ device = "auto"
 out = "out-report"
 # -----------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
-globals().update(configure(config, sys.argv[1:]))
+config = configure(config, sys.argv[1:])  # the settings as run (written into the .json)
+globals().update(config)
 check(runs != "", "runs", runs, "comma-separated train.py out_dirs, '+' joining seeds")
 try:
     step_list = [int(s) for s in steps.split(",")]

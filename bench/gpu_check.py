@@ -51,7 +51,8 @@ timeout = 600  # seconds each external check may run
 out = ""  # the table ('' = results/gpu_check_<device>.txt)
 # -----------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
-globals().update(configure(config, sys.argv[1:]))
+config = configure(config, sys.argv[1:])
+globals().update(config)
 check(set(checks.split(",")) <= {"tests", "bf16", "speed", "paper", "ddp"}, "checks", checks,
       "a comma-separated subset of tests,bf16,speed,paper,ddp")
 check(timeout >= 1, "timeout", timeout, "a number of seconds >= 1")

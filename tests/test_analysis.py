@@ -229,6 +229,8 @@ def test_report_tabulates_curves_lambda_and_general_loss(trained_50k, tmp_path):
     metrics = json.load(open(os.path.join(adapter, "metrics.json")))["eval"]
     curves = open(tmp_path / "r" / "curves.txt").read()
     assert curves.startswith("# python analysis/report.py --runs=")
+    settings = json.load(open(tmp_path / "r" / "report.json"))["settings"]  # as run, not the defaults
+    assert settings["steps"] == "0,3" and settings["text_windows"] == 3 and settings["runs"] == f"{adapter}+{adapter}"
     rows = [line.split() for line in curves.splitlines() if line.split()[:1] in (["0"], ["3"])]
     assert [float(r[1]) for r in rows] == pytest.approx([metrics[0]["val"], metrics[-1]["val"]], abs=1e-4)
     assert all(r[2] == f"({r[1]}..{r[1]})" for r in rows)  # the same run twice: no spread

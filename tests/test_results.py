@@ -1,8 +1,12 @@
 """The committed results of the SmolLM2 lab (results/lab/): every table names the command that
-made it, and every number of a table in the README or docs/lab.md citing one of them is in that file."""
+made it, every .json records the settings it ran with, and every number of a table in the README or
+docs/lab.md citing one of them is in that file."""
 
+import ast
+import json
 import os
 import re
+import shlex
 
 import pytest
 
@@ -54,3 +58,19 @@ def test_lab_numbers_are_the_committed_ones(page):
         assert numbers, f"a table of {page} citing {names} holds no numbers"
         missing = [n for n in numbers if n not in committed and n.lstrip("+") not in committed]
         assert not missing, f"{page}: numbers not in results/lab/{', '.join(names)}: {missing}"
+
+
+JSONS = sorted(os.path.relpath(os.path.join(d, f), LAB) for d, _, files in os.walk(LAB) for f in files if f.endswith(".json"))
+
+
+@pytest.mark.parametrize("name", JSONS)
+def test_every_lab_json_records_the_settings_it_ran_with(name):
+    data = json.load(open(os.path.join(LAB, name)))
+    if "settings" not in data:
+        pytest.skip("no settings recorded")
+    for arg in shlex.split(data["command"])[2:]:
+        if arg.startswith("--"):
+            key, _, text = arg[2:].partition("=")
+            value = data["settings"][key]
+            same = str(value) == text or (not isinstance(value, str) and value == ast.literal_eval(text))
+            assert same, f"results/lab/{name}: {key} is {value!r}, ran with {text!r}"
