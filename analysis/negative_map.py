@@ -33,12 +33,12 @@ from tokenizer import get_tokenizer  # noqa: E402
 # -----------------------------------------------------------------------------
 runs = ""  # comma-separated DiffLoRA train.py out_dirs; '+' joins the seeds of one method
 steps = "0,5,10,20,40"  # the evaluations of lambda's path to tabulate (iterations at which train.py evaluated)
-kinds = "single,multikey,multivalue"  # the needle evaluation's cells (config/lab/eval.py's by default)
-needles = "4,8"
+kinds = "multikey,multivalue"  # the needle evaluation's cells (config/lab/eval.py's by default)
+needles = "8"
 values = 3  # codes of the asked key in a multivalue example
 lengths = "1024"
 depths = "0.1,0.5,0.9"
-examples = 2  # per (kind, needles, length, depth) cell: each is one forward pass with both maps materialised
+examples = 1  # per (kind, needles, length, depth) cell: each is one forward pass with both maps materialised
 seed = 1  # eval_needle.py's: the same examples
 device = "auto"
 out = "out-negative/negative.txt"  # the table; its numbers go beside it as .json
