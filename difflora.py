@@ -62,6 +62,12 @@ What each variant computes at step 0 (before any update):
       the exp terms cancel and lambda is exactly 0; with GroupNorm off the logits equal the
       base model's. lambda still gets a gradient at step 1 and through it the negative term
       starts learning.
+  lambda_ramp=N (after axolotl's differential-transformer converter): the paper's form, but
+      the lambda every layer uses is min(1, step / N) times the learned one, so at step 0 each
+      head outputs o_pre exactly (the base model, GroupNorm off) and after N steps lambda is the
+      paper's (its depth schedule plus what it has learned). Unlike preserve, lambda_init stays
+      0.2-0.8 and the negative term keeps its random B: the model is pulled to the paper's
+      differential form, only gradually.
 
 Two ways to compute it, with the same parameters. The fused path uses
 (A1 - lambda A2) V = A1 V - lambda (A2 V): two scaled_dot_product_attention calls, one per map,
@@ -105,6 +111,7 @@ class DiffLoRAConfig:
     lora_v: bool = False        # also LoRA on V (reads x)
     lora_o: bool = False        # also LoRA on the output projection (reads the attention output)
     init: str = "paper"         # paper | preserve (step 0 equals the base model exactly)
+    lambda_ramp: int = 0        # N > 0: lambda times min(1, step / N) (axolotl's warmup): step 0 is the base model
     CHOICES = dict(variant=VARIANTS, init=INITS)  # the allowed values of the fields that have a few (train.py checks them too)
 
     def __post_init__(self):
@@ -117,6 +124,12 @@ class DiffLoRAConfig:
         if self.init == "preserve" and (self.groupnorm or not self.learn_lambda or self.lambda_init not in (None, 0)):
             raise ValueError("init='preserve' starts from lambda = 0 and needs learn_lambda=True, groupnorm=False "
                              "and lambda_init None or 0 (a fixed lambda of 0 would never train the negative term)")
+        if not isinstance(self.lambda_ramp, int) or self.lambda_ramp < 0:
+            raise ValueError(f"lambda_ramp must be an integer >= 0 (steps), got {self.lambda_ramp!r}")
+        if self.lambda_ramp and (self.groupnorm or self.init == "preserve"):
+            raise ValueError("lambda_ramp starts the paper's lambda at 0 so that step 0 is the base model: it cannot with "
+                             "groupnorm=True (GroupNorm rescales every head) and is not needed with init='preserve' "
+                             "(lambda already starts at 0); use lambda_ramp=0 there")
 
 
 @dataclass
@@ -278,6 +291,9 @@ class DiffLoRAAttention(nn.Module):
         self.lambda_init = 0.0 if config.init == "preserve" else (
             lambda_init_schedule(depth) if config.lambda_init is None else float(config.lambda_init))
         self.learn_lambda = config.learn_lambda
+        self.ramp_steps = config.lambda_ramp
+        # min(1, step / N), set by set_lambda_ramp; a tensor, so that a compiled model reads it without recompiling
+        self.register_buffer("ramp", torch.tensor(0.0 if config.lambda_ramp else 1.0, **kw), persistent=False)
         hd = self.head_dim
         if not config.learn_lambda:  # on the model's device like a weight, but not saved (the config holds it)
             self.register_buffer("lambda_fixed", torch.tensor(self.lambda_init, **kw), persistent=False)
@@ -294,10 +310,13 @@ class DiffLoRAAttention(nn.Module):
         self.merged = False  # merge() folded the positive term's LoRA (and V's, W_O's) into c_attn and c_proj
 
     def lam(self):
-        """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init (a 0-dim tensor), or the fixed value."""
+        """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init (a 0-dim tensor), or the fixed value;
+        with lambda_ramp, times min(1, step / N)."""
         if not self.learn_lambda:
-            return self.lambda_fixed
-        return reparam_lambda(self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2, self.lambda_init)
+            lam = self.lambda_fixed
+        else:
+            lam = reparam_lambda(self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2, self.lambda_init)
+        return self.ramp * lam if self.ramp_steps else lam
 
     def forward(self, x, cache=None, rope=None):
         """x (B, T, C) -> (B, T, C): the diagram at the top of this file, for one layer."""
@@ -473,6 +492,15 @@ def merged_model(model):
                 setattr(parent, name, getattr(parent, name).base)
     model.adapter = None
     return model
+
+
+def set_lambda_ramp(model, step):
+    """Set every DiffLoRA layer's lambda ramp to min(1, step / N), N = its config's lambda_ramp
+    (layers without a ramp keep 1): train.py calls it before each step and evaluation, and a
+    saved run is loaded at the step it was saved."""
+    for m in model.modules():
+        if isinstance(m, DiffLoRAAttention) and m.ramp_steps:
+            m.ramp.fill_(min(1.0, step / m.ramp_steps))
 
 
 def set_attention_path(model, explicit):

@@ -302,7 +302,7 @@ class GPT(nn.Module):
         """Extend idx (B, T) by up to max_new_tokens. temperature 0 is greedy (argmax); top_k and
         top_p (nucleus) filter before sampling. Stops early once every row has emitted eos_token
         (rows that finish first are padded with it). on_token(next_token (B, 1)), if given, sees
-        each token as it is chosen (to stream text)."""
+        each token as it is chosen (to stream text); when it returns True, generation stops there."""
         block_size = self.config.block_size
         cache = None
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
@@ -319,9 +319,7 @@ class GPT(nn.Module):
                 next_token = torch.where(done[:, None], eos_token, next_token)
                 done |= next_token[:, 0] == eos_token
             idx = torch.cat((idx, next_token), dim=1)
-            if on_token is not None:
-                on_token(next_token)
-            if done.all():
+            if (on_token is not None and on_token(next_token)) or done.all():
                 break
         return idx
 

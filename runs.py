@@ -14,7 +14,7 @@ from dataclasses import asdict
 import torch
 
 from checkpoints import ALIASES, checkpoint_path, file_sha256, save_atomically
-from difflora import APPLY, DiffLoRAConfig, LoRAConfig, adapted_modules
+from difflora import APPLY, DiffLoRAConfig, LoRAConfig, adapted_modules, set_lambda_ramp
 from model import GPT, pretrained_config
 
 
@@ -67,19 +67,22 @@ def trainable_state_dict(model):
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_adapter(model, path):
-    """Write the trainable tensors to a safetensors file, with the method, its configuration and
-    the base model's identity as metadata. Atomic: a crash mid-write leaves the old file intact."""
+def save_adapter(model, path, step=None):
+    """Write the trainable tensors to a safetensors file, with the method, its configuration, the
+    base model's identity and the training step (which sets a lambda ramp when loaded) as
+    metadata. Atomic: a crash mid-write leaves the old file intact."""
     method, config = model.adapter
     from safetensors.torch import save_file
     metadata = {"method": method, "config": json.dumps(asdict(config)), "base": json.dumps(base_identity(model))}
+    if step is not None:
+        metadata["step"] = str(step)
     tensors = {k: v.contiguous().cpu() for k, v in trainable_state_dict(model).items()}
     save_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_adapter(path, tensors=True):
-    """(method, config, base identity, tensors) of an adapter file (tensors None when not asked for:
-    the metadata alone)."""
+    """(method, config, base identity, tensors, step) of an adapter file (tensors None when not asked
+    for: the metadata alone; step None when the file records none)."""
     from safetensors.torch import load_file
     from safetensors import safe_open
     try:
@@ -91,13 +94,14 @@ def read_adapter(path, tensors=True):
     if meta.get("method") not in ("difflora", "lora"):
         raise ValueError(f"{path} is not an adapter file of this project (no difflora/lora method in its metadata)")
     cls = DiffLoRAConfig if meta["method"] == "difflora" else LoRAConfig
-    return meta["method"], cls(**json.loads(meta["config"])), json.loads(meta["base"]), weights
+    step = int(meta["step"]) if "step" in meta else None
+    return meta["method"], cls(**json.loads(meta["config"])), json.loads(meta["base"]), weights, step
 
 
 def load_adapter(model, path):
     """Load an adapter file onto a base GPT (applying its method and configuration), or onto a
     model already converted with the same method and configuration. Returns the model."""
-    method, config, base, tensors = read_adapter(path)
+    method, config, base, tensors, step = read_adapter(path)
     ours = base_identity(model)
     for key in SHAPE_KEYS:
         if base.get(key, ours[key]) != ours[key]:  # (files of GPT-2 adapters before the Llama family lack some keys)
@@ -115,6 +119,11 @@ def load_adapter(model, path):
     elif model.adapter[1] != config:
         raise ValueError(f"adapter {path} was saved with {config}, this model has {model.adapter[1]}")
     load_trainable_state_dict(model, tensors, f"adapter {path}")
+    if getattr(config, "lambda_ramp", 0):
+        if step is None:
+            raise ValueError(f"adapter {path} has a lambda ramp but records no training step: save it with "
+                             f"save_adapter(model, path, step=...)")
+        set_lambda_ramp(model, step)  # the lambda the run had when it was saved
     return model
 
 
@@ -146,7 +155,7 @@ def save_run(out_dir, model, state):
     if model.adapter is None:
         model.save_pretrained(out_dir)
     else:
-        save_adapter(model, os.path.join(out_dir, "adapter.safetensors"))
+        save_adapter(model, os.path.join(out_dir, "adapter.safetensors"), step=state.get("iter_num"))
 
 
 def plot_curves(metrics, path, title):

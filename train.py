@@ -34,7 +34,7 @@ from batches import Batches, prepared_dir
 from checkpoints import save_json
 from configurator import (check, choose, compile_errors, configure, dataclass_from_settings, dataclass_settings, peak_flops,
                           resolve_device, user_errors)
-from difflora import APPLY, METHODS, SETTING_NAMES, DiffLoRAConfig, apply_difflora, param_report
+from difflora import APPLY, METHODS, SETTING_NAMES, DiffLoRAConfig, apply_difflora, param_report, set_lambda_ramp
 from model import GPT, GPTConfig, configure_optimizers, flops_per_token, pretrained_config
 
 # -----------------------------------------------------------------------------
@@ -106,6 +106,8 @@ check(0 <= dropout < 1, "dropout", dropout, "a number in [0, 1)")
 check(learning_rate > 0, "learning_rate", learning_rate, "a number > 0")
 check(min_lr >= 0, "min_lr", min_lr, "a number >= 0")
 check(init_from != "scratch" or method == "full", "method", method, "full with init_from=scratch (every parameter is new)")
+check(method == "difflora" or not config["lambda_ramp"], "lambda_ramp", config["lambda_ramp"],
+      f"0 with method={method} (only DiffLoRA has a lambda to ramp)")
 check(n_embd % n_head == 0, "n_embd", n_embd, f"a multiple of n_head={n_head}")
 for name in METHODS:  # every method's settings, the unused ones too: a typo there is a mistake all the same
     dataclass_from_settings(METHODS[name], config, SETTING_NAMES)
@@ -299,6 +301,7 @@ window_steps = window_tokens = window_flops = 0  # the steps timed since t0, wha
 flops = {}  # per token, by sequence length
 while True:
     resumed_here = start_iter > 0 and iter_num == start_iter  # the run that stopped here evaluated it already
+    set_lambda_ramp(raw_model, iter_num)  # with lambda_ramp=N: lambda times min(1, iter_num / N), here and in this step
     if (iter_num % eval_interval == 0 or iter_num == max_iters) and not resumed_here:
         t_eval = time.time()
         with compile_errors(compile):

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from analysis.attention_maps import attention_maps
 from difflora import (LoRA, DiffLoRAAttention, DiffLoRAConfig, LoRAConfig, apply_difflora, apply_lora, causal_softmax,
                       explicit_differential_attention, lambda_init_schedule, merge, param_counts, param_report,
-                      set_attention_path, unmerge)
+                      set_attention_path, set_lambda_ramp, unmerge)
 from model import GPT, GPTConfig
 from runs import load_adapter, save_adapter
 from speedups import dropout_keep, lora_deltas
@@ -216,6 +216,55 @@ def test_preserve_init_equals_base_then_learns(hf_tiny):
     assert all(a.lam().item() != 0.0 for a in layers(m))
 
 
+# ----------------------------------------------------------------------------- the lambda ramp
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("explicit", [False, True], ids=["fused", "explicit"])
+def test_lambda_ramp_starts_at_the_base_and_reaches_the_paper(request, family, explicit):
+    """lambda_ramp=N: the lambda a layer uses is min(1, step / N) times the paper's, so step 0 is
+    the base model and from step N on the model is the paper's form with the same parameters."""
+    path = request.getfixturevalue("hf_tiny" if family == "gpt2" else "llama_tiny")[0]
+    base = GPT.from_pretrained(path).eval()
+    ramped, paper = adapted(path, lambda_ramp=4).eval(), adapted(path).eval()  # one seed: the same adapters
+    for m in (ramped, paper):
+        set_attention_path(m, explicit)
+    idx = batch()[0]
+    with torch.no_grad():
+        assert all(a.lam().item() == 0.0 for a in layers(ramped))
+        torch.testing.assert_close(ramped(idx)[0], base(idx)[0], atol=1e-5, rtol=0)
+        assert (ramped(idx)[0] - paper(idx)[0]).abs().max() > 1e-3  # the paper's init is not the base
+    prompt = idx[:1, :5]
+    assert ramped.generate(prompt, 20, temperature=0).tolist() == base.generate(prompt, 20, temperature=0).tolist()
+    for step, share in ((1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0), (9, 1.0)):
+        set_lambda_ramp(ramped, step)
+        for a, p in zip(layers(ramped), layers(paper)):
+            torch.testing.assert_close(a.lam(), share * p.lam(), atol=1e-7, rtol=0,
+                                       msg=f"step {step}: lambda must be {share} times the paper's")
+    with torch.no_grad():
+        assert torch.equal(ramped(idx)[0], paper(idx)[0])  # from step N on: the paper's form exactly
+
+
+def test_lambda_ramp_opens_the_negative_term_after_step_0(hf_tiny):
+    m = adapted(hf_tiny[0], lambda_ramp=2)
+    grads = train_steps(m, n=1)  # step 0: lambda is 0, so neither lambda nor the negative term gets a gradient
+    closed = [n for n in grads if "lambda_" in n or "lora_q2" in n or "lora_k2" in n]
+    assert closed and all(grads[n] is None or grads[n].abs().sum() == 0 for n in closed)
+    assert any(grads[n].abs().sum() > 0 for n in grads if "lora_q1.B" in n)  # the positive LoRA learns from step 0
+    set_lambda_ramp(m, 1)
+    grads = train_steps(m, n=1)
+    assert all(grads[n].abs().sum() > 0 for n in closed), "from step 1 lambda and the negative term learn"
+
+
+def test_lambda_ramp_rejects_what_it_cannot_start():
+    with pytest.raises(ValueError, match="cannot with groupnorm=True"):
+        DiffLoRAConfig(lambda_ramp=10, groupnorm=True)
+    with pytest.raises(ValueError, match="not needed with init='preserve'"):
+        DiffLoRAConfig(lambda_ramp=10, init="preserve")
+    with pytest.raises(ValueError, match="lambda_ramp must be an integer >= 0"):
+        DiffLoRAConfig(lambda_ramp=-1)
+    assert DiffLoRAConfig(lambda_ramp=10, learn_lambda=False, lambda_init=0.1).lambda_ramp == 10
+
+
 def test_preserve_init_rejects_what_would_break_it():
     with pytest.raises(ValueError, match="init='preserve'"):
         DiffLoRAConfig(init="preserve", groupnorm=True)
@@ -317,17 +366,25 @@ def test_kv_cache_generation_equals_uncached(hf_tiny, name):
 
 # ----------------------------------------------------------------------------- adapter files
 
-@pytest.mark.parametrize("method", ["difflora", "lora"])
+@pytest.mark.parametrize("method", ["difflora", "difflora-ramp", "lora"])
 def test_adapter_round_trip(hf_tiny, tmp_path, method):
     if method == "difflora":
         m = perturb(adapted(hf_tiny[0], groupnorm=True, lora_v=True)).eval()
+    elif method == "difflora-ramp":  # saved in the middle of its ramp: loaded with the lambda it had then
+        m = perturb(adapted(hf_tiny[0], lambda_ramp=4)).eval()
+        set_lambda_ramp(m, 3)
     else:
         m = perturb(apply_lora(GPT.from_pretrained(hf_tiny[0]), LoRAConfig(r=4, alpha=8))).eval()
     path = str(tmp_path / "adapter.safetensors")
-    save_adapter(m, path)
+    save_adapter(m, path, step=3)
     fresh = load_adapter(GPT.from_pretrained(hf_tiny[0]), path).eval()
     idx = batch()[0]
     assert torch.equal(m(idx)[0], fresh(idx)[0])
+    if method == "difflora-ramp":
+        assert all(a.ramp.item() == 0.75 for a in layers(fresh))
+        save_adapter(m, path)
+        with pytest.raises(ValueError, match="records no training step"):
+            load_adapter(GPT.from_pretrained(hf_tiny[0]), path)
     trained_bytes = sum(p.numel() * 4 for p in m.parameters() if p.requires_grad)
     assert trained_bytes < os.path.getsize(path) < trained_bytes + 8192  # adapter tensors and a header only
     assert not os.path.exists(path + ".tmp")

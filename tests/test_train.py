@@ -148,11 +148,13 @@ def test_full_finetune_writes_a_hugging_face_checkpoint(tiny101, chain, tmp_path
     torch.testing.assert_close(GPT2LMHeadModel.from_pretrained(tmp_path).eval()(idx).logits, ours, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["difflora", "lora"])
+@pytest.mark.parametrize("method", ["difflora", "difflora-ramp", "lora"])
 @pytest.mark.slow
 def test_resume_replays_exactly(tiny101, chain, tmp_path, method):
-    common = [f"--init_from={tiny101}", f"--dataset={chain}", f"--method={method}", "--lr_decay_iters=20",
+    common = [f"--init_from={tiny101}", f"--dataset={chain}", f"--method={method.split('-')[0]}", "--lr_decay_iters=20",
               "--eval_interval=5", "--lora_dropout=0.1", "--gradient_accumulation_steps=2"]
+    if method == "difflora-ramp":  # stopped and resumed in the middle of the ramp
+        common.append("--lambda_ramp=15")
     straight = train(*common, f"--out_dir={tmp_path / 'a'}", "--max_iters=20")
     first = train(*common, f"--out_dir={tmp_path / 'b'}", "--max_iters=10")
     assert first["iter_num"] == 10
@@ -168,6 +170,9 @@ def test_resume_replays_exactly(tiny101, chain, tmp_path, method):
     assert straight["lossf"] == resumed["lossf"]
     assert straight["metrics"]["eval"] == resumed["metrics"]["eval"]
     assert straight["metrics"]["eval"][-1]["val"] == resumed["metrics"]["eval"][-1]["val"]
+    if method == "difflora-ramp":
+        lams = {r["iter"]: r["lambda"] for r in straight["metrics"]["eval"]}
+        assert all(v == 0 for v in lams[0]) and all(v != 0 for v in lams[5])  # step 0: the base; the ramp opens
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from conftest import ROOT, make_hf_model, run, train
 from runs import load_trained
 from model import GPT
 
-SCRIPTS = ["train.py", "sample.py", "analysis/draw_attention.py", "analysis/eval_needle.py", "bench/speed.py", "analysis/induction.py", "analysis/report.py", "bench/memory.py"]
+SCRIPTS = ["train.py", "sample.py", "analysis/draw_attention.py", "analysis/eval_needle.py", "bench/speed.py", "analysis/induction.py", "analysis/report.py", "bench/memory.py", "analysis/humaneval.py"]
 PREPARE = ["data/shakespeare/prepare.py", "data/needle/prepare.py", "data/shakespeare_copy/prepare.py", "data/tulu2/prepare.py"]
 
 
@@ -136,6 +136,11 @@ BAD = [  # (script, arguments, what the one line must say)
     ("bench/speed.py", ["--dropout=1.0"], "setting 'dropout' is 1.0"),
     ("analysis/induction.py", ["--seq_lens=1"], "setting 'seq_lens' is '1'"),
     ("analysis/induction.py", ["--n_seq=0"], "setting 'n_seq' is 0"),
+    ("analysis/humaneval.py", ["--problems=200"], "setting 'problems' is '200'; allowed: all, N (1..164"),
+    ("analysis/humaneval.py", ["--problems=5-2"], "setting 'problems' is '5-2'"),
+    ("analysis/humaneval.py", ["--measures=acc"], "setting 'measures' is 'acc'"),
+    ("analysis/humaneval.py", ["--problem_file=no_such.jsonl"], "there is no problem file 'no_such.jsonl'"),
+    ("analysis/humaneval.py", ["--models=./no/such/run"], "no folder './no/such/run'"),
 ]
 
 
@@ -350,6 +355,10 @@ def test_the_students_copy_has_no_answers(tmp_path):
     (["--method=lora", "--lora_targets=attn_out"], "LoRA targets ['attn_out'] are not maps of this Llama model"),
     (["--block_size=4096"], "setting 'block_size' is 4096; allowed: at most 256, the context of"),
     (["--variant=shared", "--init=preserve", "--groupnorm=True"], "init='preserve' starts from lambda = 0"),
+    (["--lambda_ramp=10", "--groupnorm=True"], "lambda_ramp starts the paper's lambda at 0"),
+    (["--lambda_ramp=10", "--init=preserve"], "is not needed with init='preserve'"),
+    (["--lambda_ramp=10", "--method=lora"], "setting 'lambda_ramp' is 10; allowed: 0 with method=lora"),
+    (["--lambda_ramp=-1"], "lambda_ramp must be an integer >= 0"),
 ])
 def test_a_bad_setting_fails_before_any_data_or_weights(llama_tiny, tmp_path, monkeypatch, args, says):
     """A setting that cannot apply to the base (its family, its context) stops train.py with one
