@@ -31,7 +31,7 @@ from runs import trained_config  # noqa: E402
 # -----------------------------------------------------------------------------
 models = "smollm2"  # comma-separated; '+' joins runs (seeds) of one method into one entry
 tasks = "nano_capitals_mc,nano_capitals_gen,nano_shakespeare"  # comma-separated lm-eval task (or group) names
-include_path = os.path.join("analysis", "tasks")  # a folder of task YAML files besides lm-eval's own ('' = none)
+include_path = ""  # a folder of task YAML files besides lm-eval's own ('': this project's analysis/tasks)
 limit = 0  # > 0: the first `limit` documents of each task (for a quick look; not a benchmark score)
 num_fewshot = -1  # -1: each task's own default
 apply_chat_template = False  # True: prompts in the model's chat format (an instruct model's template)
@@ -56,19 +56,19 @@ except ImportError:
     raise SystemExit("error: analysis/harness.py needs lm-evaluation-harness: pip install lm-eval") from None
 device, _, dtype, _ = resolve_device(device, dtype)
 task_list = [t for t in tasks.split(",") if t]
-with user_errors():
-    if include_path and not os.path.isdir(include_path):
-        raise OSError(f"include_path: there is no folder {include_path!r} (from {os.getcwd()})")
-    manager = TaskManager(include_path=include_path or None)
-unknown = [t for t in task_list if t not in manager.all_tasks]
-if unknown or not task_list:
-    raise SystemExit(f"error: unknown task {', '.join(unknown) or repr(tasks)}: tasks are lm-eval's own (lm-eval ls tasks) "
-                     f"or YAML files under --include_path (now {include_path or 'none'}; analysis/tasks holds "
-                     f"{', '.join(sorted(t for t in manager.all_tasks if t.startswith('nano_')))})")
 entries = models.split(",")
 for name in (n for entry in entries for n in entry.split("+")):  # every model found before any is evaluated
     with user_errors():
         trained_config(name)
+with user_errors():
+    if include_path and not os.path.isdir(include_path):
+        raise OSError(f"include_path: there is no folder {include_path!r} (from {os.getcwd()})")
+    manager = TaskManager(include_path=include_path or os.path.join(ROOT, "analysis", "tasks"))
+unknown = [t for t in task_list if t not in manager.all_tasks]
+if unknown or not task_list:
+    raise SystemExit(f"error: unknown task {', '.join(unknown) or repr(tasks)}: tasks are lm-eval's own (lm-eval ls tasks) "
+                     f"or YAML files under --include_path (now {include_path or 'analysis/tasks'}; analysis/tasks holds "
+                     f"{', '.join(sorted(t for t in manager.all_tasks if t.startswith('nano_')))})")
 from analysis.harness_lm import NanoLM  # noqa: E402  (imports lm-eval, checked above)
 
 table = os.path.splitext(out)[0] + ".txt"

@@ -134,8 +134,11 @@ class NanoLM(TemplateLM):
         """[(log p(continuation | context), is_greedy)] for requests [(key, context ids, continuation
         ids)], in their order: batches of the longest first, each row (context + continuation)[:-1]
         cut to the last block_size ids, right-padded; the logits of only the rows' last
-        len(continuation) positions, which predict the continuation, are computed."""
-        collator = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])))
+        len(continuation) positions, which predict the continuation, are computed. Requests that
+        differ only in the continuation's last token (the choices of a multiple-choice question,
+        one token each) share one row, as in HFLM: their input rows are the same."""
+        collator = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])), group_by="contexts",
+                            group_fn=lambda r: r[1] + r[2][:-1])
         results = []
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests")
         for chunk in collator.get_batched(n=override_bs or self.batch_size):
@@ -148,13 +151,14 @@ class NanoLM(TemplateLM):
             with self.ctx:
                 logits, _ = self.model(x.to(self.device_name), y.to(self.device_name))  # (N, vocab), row by row
             logp = logits.float().log_softmax(-1).cpu()
-            for (key, _, cont), lp in zip(chunk, logp.split([len(c) for _, _, c in chunk])):
-                target = torch.tensor(cont)
-                answer = (lp.gather(1, target[:, None]).sum().item(), bool((lp.argmax(-1) == target).all()))
-                results.append(answer)
-                if key is not None:
-                    self.cache_hook.add_partial("loglikelihood", key, answer)
-                bar.update(1)
+            for (key, ctx, cont), row in zip(chunk, logp.split([len(c) for _, _, c in chunk])):
+                for key, cont, lp in collator.get_cache(req_str=key, cxt_toks=ctx, cont_toks=cont, logits=row[None]):
+                    target = torch.tensor(cont)  # (n,); lp (1, n, vocab)
+                    answer = (lp[0].gather(1, target[:, None]).sum().item(), bool((lp[0].argmax(-1) == target).all()))
+                    results.append(answer)
+                    if key is not None:
+                        self.cache_hook.add_partial("loglikelihood", key, answer)
+                    bar.update(1)
         bar.close()
         return collator.get_original(results)
 

@@ -15,12 +15,17 @@ GPT-2 small shapes by default.
    when those libraries are installed (they are optional: only benchmarks and tests use them).
 3. Generation with and without the KV cache.
 4. With --gguf: the time to load that GGUF file (or alias) and its tokenizer, dequantisation included.
+5. With --harness=MODEL (smollm2, a GGUF file or a Hugging Face folder): analysis/harness_lm.py's
+   NanoLM against lm-eval's HFLM on that checkpoint, interleaved as in 2, on the requests of the
+   offline tasks in analysis/tasks (loglikelihood, rolling, generation), with how far apart their
+   numbers are.
 
     python bench/speed.py                                    # everything, on this machine
     python bench/speed.py --seq_lens=256 --gen=False         # a quicker one
     python bench/speed.py --device=cuda --compile=True       # on a GPU (bf16 autocast there)
 
     python bench/speed.py config/bench_smollm2.py            # SmolLM2-135M's shape (Llama family), and loading its GGUF
+    python bench/speed.py --methods= --ratio_shapes= --gen=False --harness=smollm2 --pairs=3   # lm-eval: NanoLM / HFLM
 
 Methods: none (the frozen base model, forward only), lora (LoRA on Q, K at rank 2r: DiffLoRA's
 parameter budget), difflora (rank r, both terms; fused and explicit attention paths), full.
@@ -76,6 +81,7 @@ seed = 0
 out = ""  # also write the results as JSON to this path
 only = ""  # "method:T": measure that one configuration and print it as JSON (each runs in its own process)
 gguf = ""  # also time loading this GGUF file or alias (smollm2), dequantisation and tokenizer included
+harness = ""  # also race NanoLM against lm-eval's HFLM on this model (smollm2, a .gguf file, a Hugging Face folder)
 # -----------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
 config = configure(config, sys.argv[1:])
@@ -343,7 +349,41 @@ if gguf:
     load = dict(file=gguf, seconds=time.perf_counter() - t0, parameters=loaded.get_num_params(non_embedding=False))
     print(f"\n4. loading {gguf} (GGUF: reading, dequantising to float32, the tokenizer): {load['seconds']:.1f} s "
           f"for {load['parameters']:,} parameters", flush=True)
+harness_ratios = {}
+if harness:
+    from analysis.harness_lm import NanoLM
+    from checkpoints import checkpoint_path
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    with user_errors():
+        ours, path = NanoLM(harness, batch_size=8, device=device), checkpoint_path(harness)
+        theirs = HFLM(pretrained=os.path.dirname(path), gguf_file=os.path.basename(path), device=device, batch_size=8,
+                      dtype="float32") if path.endswith(".gguf") else HFLM(pretrained=path, device=device, batch_size=8,
+                                                                            dtype="float32")
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "analysis", "tasks", "capitals.jsonl")) as f:
+        docs = [json.loads(line) for line in f if line.strip()]
+    ask = "Question: What is the capital of {}?\nAnswer:"
+    kinds = {"loglikelihood": [(ask.format(d["country"]), " " + c) for d in docs for c in d["choices"]],  # nano_capitals_mc's
+             "loglikelihood_rolling": [(open(__file__).read()[i:i + 2000],) for i in range(0, 8000, 2000)],  # code as text
+             "generate_until": [(ask.format(d["country"]), dict(until=["\n"], max_gen_toks=10, do_sample=False))
+                                for d in docs[:8]]}
+    print(f"\n5. lm-eval requests on {harness}, NanoLM / HFLM (batch 8 both), interleaved: median (lowest-highest) of "
+          f"{pairs} pairs")
+    for kind, args in kinds.items():
+        reqs = [Instance(kind, {}, a, i) for i, a in enumerate(args)]
+        call = lambda lm: (lambda: getattr(lm, kind)(reqs, disable_tqdm=True))
+        a, b = call(ours)(), call(theirs)()
+        if kind == "generate_until":
+            apart = f"the same generations: {a == b}"
+        else:
+            pick = (lambda r: r[0]) if kind == "loglikelihood" else (lambda r: r)
+            apart = f"largest |difference| {max(abs(pick(x) - pick(y)) for x, y in zip(a, b)):.2e} nats"
+            if kind == "loglikelihood":
+                apart += f", the same is_greedy: {[x[1] for x in a] == [y[1] for y in b]}"
+        r = harness_ratios[kind] = summary(interleaved(call(ours), call(theirs)))
+        show(f"{kind} ({len(reqs)} requests), time", r)
+        print(f"  {apart}")
 if out:
     with open(out, "w") as f:
         json.dump(dict(device=name, dtype=dtype, compile=compile, torch=torch.__version__, settings=config,
-                       steps=rows, ratios=ratios, generation=gen_rows, load=load), f, indent=1)
+                       steps=rows, ratios=ratios, generation=gen_rows, load=load, harness=harness_ratios), f, indent=1)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, SHARED_DATA, make_hf_model, make_llama, make_tokenizer, run, train
+from conftest import ROOT, SHARED_DATA, make_hf_model, make_llama, make_tokenizer, train
 
 lm_eval = pytest.importorskip("lm_eval", reason="pip install lm-eval")
 from lm_eval.api.instance import Instance  # noqa: E402
@@ -21,6 +21,7 @@ from analysis.harness_lm import NanoLM  # noqa: E402
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\nFirst Citizen:\n"
         "You are all resolved rather to die than to famish? The secret code of falcon is 4821.")
 PAIRS = [("Question: what is the secret code of falcon?\nAnswer:", " 4821"),
+         ("Question: what is the secret code of falcon?\nAnswer:", " 4822"),  # one row for both (the last token differs)
          ("Speak, speak. ", "First Citizen"),  # a trailing space moves to the continuation
          ("", "Before we proceed"),  # an empty context: the prefix token
          ("All:", "\nSpeak"),
@@ -117,6 +118,22 @@ def test_a_difflora_run_equals_a_naive_per_request_computation(llama_tiny, chain
                - want) < 1e-3
 
 
+@pytest.fixture(scope="module")
+def manager(tmp_path_factory):
+    """lm-eval's index of its tasks and of a copy of analysis/tasks (built once: it reads every task
+    file lm-eval has, about 20 s); the scripts' own TaskManager() is replaced by it in these tests."""
+    from lm_eval.tasks import TaskManager
+    return TaskManager(include_path=local_tasks(tmp_path_factory.mktemp("tasks")))
+
+
+@pytest.fixture
+def script(manager, monkeypatch):
+    from test_ux import run_script
+    import lm_eval.tasks
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", lambda include_path=None: manager)
+    return lambda *args: run_script("analysis/harness.py", *args)
+
+
 def local_tasks(tmp_path):
     """A copy of analysis/tasks whose nano_shakespeare reads a local tiny-shakespeare (or a stand-in)."""
     tasks = tmp_path / "analysis" / "tasks"
@@ -131,11 +148,8 @@ def local_tasks(tmp_path):
 TASKS = ["nano_capitals_mc", "nano_capitals_gen", "nano_shakespeare"]
 
 
-@pytest.mark.parametrize("name, shots", [("llama", 0), ("lora", 2)])
 @pytest.mark.slow
-def test_local_tasks_equal_hflm(folders, tmp_path, name, shots):
-    from lm_eval.tasks import TaskManager
-    manager = TaskManager(include_path=local_tasks(tmp_path))
+def test_local_tasks_equal_hflm(folders, manager, name="lora", shots=2):
     scores = []
     for lm in (NanoLM(folders[name][0]), hflm(folders[name][1])):
         res = lm_eval.simple_evaluate(model=lm, tasks=TASKS, num_fewshot=shots, limit=8, task_manager=manager,
@@ -151,15 +165,38 @@ def test_local_tasks_equal_hflm(folders, tmp_path, name, shots):
 
 
 @pytest.mark.slow
-def test_the_script_writes_lm_evals_results_per_run(folders, tmp_path):
-    tasks = local_tasks(tmp_path)
-    out = run(sys.executable, "analysis/harness.py", f"--models={folders['llama'][0]},{folders['lora'][0]}",
-              "--tasks=nano_capitals_mc,nano_shakespeare", f"--include_path={tasks}", "--limit=4", "--device=cpu",
-              f"--out={tmp_path / 'r.json'}", HF_DATASETS_OFFLINE="1")
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_the_script_writes_lm_evals_results_per_run(folders, script, tmp_path):
+    _, code = script(f"--models={folders['llama'][0]}+{folders['lora'][0]}", "--tasks=nano_capitals_mc,nano_shakespeare",
+                     "--limit=3", "--device=cpu", f"--out={tmp_path / 'r.json'}")
+    assert code is None, code
     data = json.load(open(tmp_path / "r.json"))
     assert set(data["runs"]) == {folders["llama"][0], folders["lora"][0]}
     for r in data["runs"].values():
         assert 0 <= r["results"]["nano_capitals_mc"]["acc,none"] <= 1 and r["results"]["nano_shakespeare"]["word_perplexity,none"] > 1
     table = open(tmp_path / "r.txt").read()
     assert table.startswith("# python analysis/harness.py") and "word_perplexity" in table and "acc_norm" in table
+    assert " (" in table  # the two runs as one entry: the mean and the lowest..highest
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--tasks=no_such_task"], "unknown task no_such_task: tasks are lm-eval's own"),
+    (["--include_path=no/such/dir"], "there is no folder 'no/such/dir'"),
+    (["--models=./no/such/run"], "no folder './no/such/run'"),
+    ([os.path.join(ROOT, "config", "harness_paper.py"), "--models=./no/such/run"], "no folder"),  # its tasks are known
+])
+def test_bad_input_is_one_line(script, args, says):
+    _, code = script("--device=cpu", *args)
+    assert code.startswith("error: ") and says in code and "\n" not in code, code
+
+
+def test_the_papers_tasks_are_lm_eval_names(manager):
+    from configurator import configure
+    tasks = configure({"tasks": "", "batch_size": 8}, [os.path.join(ROOT, "config", "harness_paper.py")])["tasks"].split(",")
+    assert len(tasks) == 6 and set(tasks) <= set(manager.all_tasks)
+
+
+def test_a_missing_lm_eval_is_one_line(monkeypatch):
+    from test_ux import run_script
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    _, code = run_script("analysis/harness.py", "--device=cpu")
+    assert code.startswith("error: ") and "pip install lm-eval" in code

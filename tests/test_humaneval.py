@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import ROOT, run, train
+from conftest import train
 from analysis.code_eval import (chat_answer_final, extract_code, generate_completion, mcnemar_p, paired_bootstrap,
                                 prompt_format, prompt_ids, run_completion, solution_loss, truncate_completion)
 from model import GPT
@@ -154,48 +154,41 @@ def write_problems(path, problems):
 
 
 @pytest.mark.slow
-def test_the_script_on_every_model_kind_and_reuse(llama_tiny, chain, tmp_path):
-    """A Llama base (chat format) and its DiffLoRA, LoRA and full fine-tunes (two seeds of LoRA as one
-    entry), on planted problems: every problem's result and loss, the paired comparisons, the table;
-    a second call reuses every run."""
+def test_the_script_on_every_model_kind_and_reuse(llama_tiny, trained_50k, chain, tmp_path):
+    """A Llama base (chat format), its DiffLoRA, LoRA and full fine-tunes (two seeds of LoRA as one
+    entry) and a GPT-2 base (plain completion), on planted problems: every problem's result and
+    loss, the paired comparisons, the table; a second call reuses every run."""
+    from test_ux import run_script
     base = llama_tiny[0]
     common = [f"--init_from={base}", f"--dataset={chain}", "--max_iters=2", "--eval_interval=2", "--block_size=32"]
     for name, args in (("difflora", []), ("lora-s1", ["--method=lora"]), ("lora-s2", ["--method=lora", "--seed=2"]),
                        ("full", ["--method=full"])):
         train(*common, *args, f"--out_dir={tmp_path / name}")
     problems = write_problems(tmp_path / "planted.jsonl.gz", [ADD, FIRST])
-    models = f"{base},{tmp_path / 'difflora'},{tmp_path / 'lora-s1'}+{tmp_path / 'lora-s2'},{tmp_path / 'full'}"
-    args = [sys.executable, "analysis/humaneval.py", f"--models={models}", f"--problem_file={problems}",
-            "--max_new_tokens=6", "--device=cpu", f"--out={tmp_path / 'he.txt'}"]
-    out = run(*args)
-    assert out.returncode == 0, out.stderr[-3000:]
+    lora = f"{tmp_path / 'lora-s1'}+{tmp_path / 'lora-s2'}"
+    models = f"{base},{tmp_path / 'difflora'},{lora},{tmp_path / 'full'},{trained_50k[0]}"
+    args = [f"--models={models}", f"--problem_file={problems}", "--max_new_tokens=6", "--device=cpu",
+            f"--out={tmp_path / 'he.txt'}"]
+    out, code = run_script("analysis/humaneval.py", *args)
+    assert code is None, code
     data = json.load(open(tmp_path / "he.json"))
-    assert len(data["runs"]) == 5 and len(data["entries"]) == 4 and len(data["comparisons"]) == 6
+    assert len(data["runs"]) == 6 and len(data["entries"]) == 5 and len(data["comparisons"]) == 10
     for name, r in data["runs"].items():
-        assert r["format"] == "chat" and [p["task_id"] for p in r["problems"]] == ["Planted/0", "Planted/1"]
+        assert r["format"] == ("completion" if name == trained_50k[0] else "chat")
+        assert [p["task_id"] for p in r["problems"]] == ["Planted/0", "Planted/1"]
         for p in r["problems"]:
             assert p["passed"] is False and p["new_tokens"] <= 6 and p["loss"] > 0 and p["solution_tokens"] > 0
-    lora = data["entries"][f"{tmp_path / 'lora-s1'}+{tmp_path / 'lora-s2'}"]
-    losses = [sum(p["loss"] for p in data["runs"][n]["problems"]) / 2 for n in lora["runs"]]
-    assert lora["loss"] == pytest.approx(sum(losses) / 2) and lora["loss_runs"] == [min(losses), max(losses)]
+    losses = [sum(p["loss"] for p in data["runs"][n]["problems"]) / 2 for n in data["entries"][lora]["runs"]]
+    assert data["entries"][lora]["loss"] == pytest.approx(sum(losses) / 2)
+    assert data["entries"][lora]["loss_runs"] == [min(losses), max(losses)]
     c = data["comparisons"][0]
     assert c["pass"]["pairs"][0] == dict(a_run=base, b_run=str(tmp_path / "difflora"), a_only=0, b_only=0, p=1.0)
-    assert "loss" in c and c["loss"]["low"] <= c["loss"]["diff"] <= c["loss"]["high"]
+    assert c["loss"]["low"] <= c["loss"]["diff"] <= c["loss"]["high"]
     table = open(tmp_path / "he.txt").read()
     assert table.startswith("# python analysis/humaneval.py") and "against" in table
-    again = run(*args)
-    assert again.returncode == 0 and again.stdout.count("reusing") == 5 and "evaluating" not in again.stdout
+    again, code = run_script("analysis/humaneval.py", *args)
+    assert code is None and again.count("reusing") == 6 and "evaluating" not in again
     assert json.load(open(tmp_path / "he.json"))["runs"] == data["runs"]
-
-
-@pytest.mark.slow
-def test_the_script_on_a_gpt2_base_uses_plain_completion(trained_50k, tmp_path):
-    problems = write_problems(tmp_path / "planted.jsonl.gz", [ADD])
-    out = run(sys.executable, "analysis/humaneval.py", f"--models={trained_50k[0]},{trained_50k[1]}",
-              f"--problem_file={problems}", "--max_new_tokens=4", "--device=cpu", f"--out={tmp_path / 'he.txt'}")
-    assert out.returncode == 0, out.stderr[-3000:]
-    data = json.load(open(tmp_path / "he.json"))
-    assert [r["format"] for r in data["runs"].values()] == ["completion", "completion"]
 
 
 def test_a_missing_package_is_one_line(monkeypatch):

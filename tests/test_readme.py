@@ -59,7 +59,7 @@ def reads_and_writes(cmd):
         if "init_from" in s and s["init_from"] != "out_dir":
             return [s["init_from"]] if is_run(s["init_from"]) else [], None
         return [s.get("out_dir", default(script, "out_dir"))], None
-    if script == "analysis/eval_needle.py":
+    if script in ("analysis/eval_needle.py", "analysis/humaneval.py", "analysis/harness.py"):
         return [m for entry in s.get("models", "").split(",") for m in entry.split("+") if is_run(m)], None
     if script == "analysis/report.py":
         return [m for entry in s.get("runs", "").split(",") for m in entry.split("+") if is_run(m)], None
