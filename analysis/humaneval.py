@@ -204,14 +204,14 @@ def report(results):
         for eb in keys[i + 1:]:
             c = compare(finished[ea], finished[eb])
             data["comparisons"].append(c)
-            text = f"{eb} against {ea}:"
+            parts = []
             if "pass" in c:
-                text += f" pass@1 {c['pass']['diff']:+.3f}{'*' if c['pass']['beyond_chance'] else ''} (" + ", ".join(
-                    f"{p['a_only']}/{p['b_only']} p={p['p']:.3g}" for p in c["pass"]["pairs"]) + ")"
+                parts.append(f"pass@1 {c['pass']['diff']:+.3f}{'*' if c['pass']['beyond_chance'] else ''} (" + ", ".join(
+                    f"{p['a_only']}/{p['b_only']} p={p['p']:.3g}" for p in c["pass"]["pairs"]) + ")")
             if "loss" in c:
-                text += (f"; loss {c['loss']['diff']:+.4f} ({c['loss']['low']:+.4f}..{c['loss']['high']:+.4f})"
-                         f"{'*' if c['loss']['beyond_chance'] else ''}")
-            lines.append(text)
+                parts.append(f"loss {c['loss']['diff']:+.4f} ({c['loss']['low']:+.4f}..{c['loss']['high']:+.4f})"
+                             f"{'*' if c['loss']['beyond_chance'] else ''}")
+            lines.append(f"{eb} against {ea}: " + "; ".join(parts))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
