@@ -67,7 +67,9 @@ What each variant computes at step 0 (before any update):
       head outputs o_pre exactly (the base model, GroupNorm off) and after N steps lambda is the
       paper's (its depth schedule plus what it has learned). Unlike preserve, lambda_init stays
       0.2-0.8 and the negative term keeps its random B: the model is pulled to the paper's
-      differential form, only gradually.
+      differential form, only gradually. At step 0 lambda and the negative term get no gradient
+      (the ramp is 0); from step 1 they do, scaled by the ramp, which Adam's normalised update
+      largely undoes: the ramp makes the forward pass gradual, not the learning.
 
 Two ways to compute it, with the same parameters. The fused path uses
 (A1 - lambda A2) V = A1 V - lambda (A2 V): two scaled_dot_product_attention calls, one per map,
@@ -294,6 +296,7 @@ class DiffLoRAAttention(nn.Module):
         self.ramp_steps = config.lambda_ramp
         # min(1, step / N), set by set_lambda_ramp; a tensor, so that a compiled model reads it without recompiling
         self.register_buffer("ramp", torch.tensor(0.0 if config.lambda_ramp else 1.0, **kw), persistent=False)
+        self.ramp_set = False  # whether set_lambda_ramp has run: training a ramp without it would keep lambda at 0
         hd = self.head_dim
         if not config.learn_lambda:  # on the model's device like a weight, but not saved (the config holds it)
             self.register_buffer("lambda_fixed", torch.tensor(self.lambda_init, **kw), persistent=False)
@@ -316,7 +319,12 @@ class DiffLoRAAttention(nn.Module):
             lam = self.lambda_fixed
         else:
             lam = reparam_lambda(self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2, self.lambda_init)
-        return self.ramp * lam if self.ramp_steps else lam
+        if not self.ramp_steps:
+            return lam
+        if self.training and not self.ramp_set:
+            raise ValueError("this model has a lambda ramp (lambda_ramp > 0): call difflora.set_lambda_ramp(model, step) "
+                             "before each training step (train.py does), or lambda stays 0")
+        return self.ramp * lam
 
     def forward(self, x, cache=None, rope=None):
         """x (B, T, C) -> (B, T, C): the diagram at the top of this file, for one layer."""
@@ -501,6 +509,7 @@ def set_lambda_ramp(model, step):
     for m in model.modules():
         if isinstance(m, DiffLoRAAttention) and m.ramp_steps:
             m.ramp.fill_(min(1.0, step / m.ramp_steps))
+            m.ramp_set = True
 
 
 def set_attention_path(model, explicit):

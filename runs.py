@@ -124,6 +124,9 @@ def load_adapter(model, path):
             raise ValueError(f"adapter {path} has a lambda ramp but records no training step: save it with "
                              f"save_adapter(model, path, step=...)")
         set_lambda_ramp(model, step)  # the lambda the run had when it was saved
+        if step < config.lambda_ramp:
+            warnings.warn(f"adapter {path} was saved at step {step} of its {config.lambda_ramp}-step lambda ramp: its "
+                          f"lambda is {step / config.lambda_ramp:.2f} times the learned one, not yet the paper's form")
     return model
 
 

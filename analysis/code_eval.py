@@ -60,9 +60,9 @@ def code_blocks(answer):
 
 
 def extract_code(answer, entry_point):
-    """The completion in a chat answer: the first code block that defines entry_point, else the
-    first code block (Python-tagged ones before others), else the whole answer (a model that
-    answered with bare code)."""
+    """The completion in a chat answer: of its Python code blocks (tagged python, py, python3 or
+    untagged), the first that defines entry_point, else the first; an answer with no fence at all is
+    taken whole (bare code); one whose blocks are all in other languages gives an empty completion."""
     blocks = [b for b in code_blocks(answer) if b[0] in ("", "python", "py", "python3")]
     for _, code, _ in blocks:
         if re.search(rf"^\s*def {re.escape(entry_point)}\s*\(", code, re.M):
@@ -117,9 +117,13 @@ def run_completion(problem, completion, timeout):
 @torch.no_grad()
 def solution_loss(model, enc, problem, device="cpu"):
     """(nats per token, tokens) of the canonical solution given the prompt, teacher-forced: the ids
-    of enc.prompt(prompt) and of the solution, joined; a sequence longer than the model's context
-    keeps its last block_size tokens, the solution first."""
+    of enc.prompt(prompt) and of the solution, each tokenised on its own and joined (so that every
+    model of one tokenizer scores the same tokens; joint encoding could merge the prompt's last
+    newline with the solution's indent); a sequence longer than the model's context keeps its last
+    block_size + 1 tokens, which cuts the prompt before it cuts the solution."""
     prompt, solution = enc.prompt(problem["prompt"]), enc.encode_ordinary(problem["canonical_solution"])
+    if not solution:
+        raise ValueError(f"{problem['task_id']} has an empty canonical_solution: there is no loss to measure")
     ids = (prompt + solution)[-(model.config.block_size + 1):]
     n = min(len(solution), len(ids) - 1)
     x = torch.tensor([ids[:-1]], device=device)  # (1, T)

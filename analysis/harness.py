@@ -75,8 +75,9 @@ table = os.path.splitext(out)[0] + ".txt"
 
 
 def metrics_of(results):
-    """{(task, metric): value} of an lm-eval results dict, stderr and aliases left out."""
-    return {(task, m.split(",")[0]): v for task, row in results.items() for m, v in row.items()
+    """{(task, metric): value} of an lm-eval results dict, stderr and aliases left out; a metric
+    computed after a filter other than 'none' keeps its filter's name (gsm8k's exact_match,strict-match)."""
+    return {(task, m.removesuffix(",none")): v for task, row in results.items() for m, v in row.items()
             if isinstance(v, (int, float)) and "_stderr" not in m and m not in ("alias", "sample_len")}
 
 
@@ -87,7 +88,8 @@ def report(done):
              f"{num_fewshot if num_fewshot >= 0 else 'the tasks own'}, chat template {apply_chat_template}"]
     finished = {e: [done[n] for n in e.split("+")] for e in entries if all(n in done for n in e.split("+"))}
     keys = sorted({k for runs in finished.values() for r in runs for k in metrics_of(r["results"])})
-    lines.append(f"{'task':<22}{'metric':<18}" + "".join(f"{os.path.basename(e.rstrip('/'))[-24:]:>26}" for e in finished))
+    label = lambda e: os.path.basename(e.split("+")[0].rstrip("/"))[-20:] + (f" +{e.count('+')}" if "+" in e else "")
+    lines.append(f"{'task':<22}{'metric':<30}" + "".join(f"{label(e):>26}" for e in finished))
     for key in keys:
         cells = []
         for runs in finished.values():
@@ -97,7 +99,7 @@ def report(done):
             if len(values) > 1:
                 text += f" ({min(values):.3f}..{max(values):.3f})"
             cells.append(text)
-        lines.append(f"{key[0]:<22}{key[1]:<18}" + "".join(f"{c:>26}" for c in cells))
+        lines.append(f"{key[0]:<22}{key[1]:<30}" + "".join(f"{c:>26}" for c in cells))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(table + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")

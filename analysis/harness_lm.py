@@ -80,7 +80,7 @@ class NanoLM(TemplateLM):
         self.name = model
         self.model = load_trained(model).eval().to(self.device_name)
         self.enc = get_tokenizer(self.model.name_or_path)
-        self.bos_token_id, self.eos_token_id = declared_tokens(model, self.enc)
+        self.bos_token_id, self.eos_token_id = declared_tokens(self.model.name_or_path, self.enc)  # the base's, as load_trained found it
         self.specials = set(self.enc._special_tokens.values())
         self.batch_size, self._max_gen_toks = int(batch_size), int(max_gen_toks)
 
@@ -152,19 +152,21 @@ class NanoLM(TemplateLM):
                 logits, _ = self.model(x.to(self.device_name), y.to(self.device_name))  # (N, vocab), row by row
             logp = logits.float().log_softmax(-1).cpu()
             for (key, ctx, cont), row in zip(chunk, logp.split([len(c) for _, _, c in chunk])):
-                for key, cont, lp in collator.get_cache(req_str=key, cxt_toks=ctx, cont_toks=cont, logits=row[None]):
-                    target = torch.tensor(cont)  # (n,); lp (1, n, vocab)
+                # the requests that share this row: each with its own continuation
+                for req_key, req_cont, lp in collator.get_cache(req_str=key, cxt_toks=ctx, cont_toks=cont, logits=row[None]):
+                    target = torch.tensor(req_cont)  # (n,); lp (1, n, vocab)
                     answer = (lp[0].gather(1, target[:, None]).sum().item(), bool((lp[0].argmax(-1) == target).all()))
                     results.append(answer)
-                    if key is not None:
-                        self.cache_hook.add_partial("loglikelihood", key, answer)
+                    if req_key is not None:
+                        self.cache_hook.add_partial("loglikelihood", req_key, answer)
                     bar.update(1)
         bar.close()
         return collator.get_original(results)
 
     def loglikelihood_rolling(self, requests, disable_tqdm=False):
-        """log p(text) of each request's text: the sum over the disjoint windows that cover it, the
-        first conditioned on the prefix token, each later one on the block_size ids before it."""
+        """log p(text) of each request's text: the sum over the disjoint windows of up to block_size
+        tokens that cover it, each scored on its own (lm-eval's windows, context_len=1): the first
+        window's first token conditioned on the prefix token, a later one's on the token before it."""
         windows, owner = [], []
         for i, (text,) in enumerate(tqdm([r.args for r in requests], disable=disable_tqdm, desc="Rolling windows")):
             for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(

@@ -21,15 +21,17 @@ the answer, and how the solution loss is computed. Measures:
   loss    the canonical solution's cross-entropy given the prompt, nats per token, mean over problems
 Between every two entries, on the problems both ran: for pass@1 the discordant problems (passed
 by one, failed by the other) and the exact McNemar p, for each pair of runs (the i-th run of
-one entry against the i-th of the other); for the loss the mean of the per-problem differences
-(each problem's loss averaged over an entry's runs) with a 95% paired-bootstrap interval. A
-difference is "more than chance" when McNemar's p < 0.05 for every pair of runs, or the
-interval excludes 0.
+one entry against the i-th of the other, an entry with fewer runs reusing them in turn: a base
+against each seed of a method); for the loss the mean of the per-problem differences (each
+problem's loss averaged over an entry's runs) with a 95% paired-bootstrap interval. A difference
+is "more than chance" when McNemar's p < 0.05 for every pair of runs, all in the same direction,
+or when the interval excludes 0.
 
 Output: a table (printed, and written to `out` as .txt headed by the command) and `out` as .json
 with every problem's completion, result and loss. Written after each model, so an interrupted
 evaluation keeps what it measured; with reuse, a later call takes a run from that .json when its
-settings and its model file are the same, and evaluates only the rest.
+settings and its model file are the same, and evaluates only the rest (the evaluation code is not
+compared: after changing analysis/code_eval.py, write to a new `out`).
 """
 
 import os
@@ -162,7 +164,8 @@ def compare(a, b):
             pairs.append(dict(a_run=a[i % len(a)]["name"], b_run=b[i % len(b)]["name"], a_only=a_only, b_only=b_only,
                               p=mcnemar_p(a_only, b_only)))
         diff = summary(b, "passed")[0] - summary(a, "passed")[0]
-        result["pass"] = dict(diff=diff, pairs=pairs, beyond_chance=all(p["p"] < 0.05 for p in pairs))
+        same_way = len({(p["b_only"] > p["a_only"]) - (p["b_only"] < p["a_only"]) for p in pairs}) == 1
+        result["pass"] = dict(diff=diff, pairs=pairs, beyond_chance=same_way and all(p["p"] < 0.05 for p in pairs))
     if "loss" in measure_list:
         per = lambda runs, t: mean([by_id(r)[t]["loss"] for r in runs])
         m, low, high = paired_bootstrap([per(b, t) - per(a, t) for t in ids])
@@ -182,7 +185,8 @@ def report(results):
     finished = {e: runs for e, runs in results.items() if runs and len(runs) == len(e.split("+"))}
     for entry, runs in finished.items():
         row = dict(runs=[r["name"] for r in runs], format=runs[0]["format"])
-        text = f"{entry if len(entry) <= 43 else '...' + entry[-40:]:<44}{runs[0]['format']:>11}"
+        form = runs[0]["format"] if "pass" in measure_list else "-"  # the loss is always on the plain text
+        text = f"{entry if len(entry) <= 43 else '...' + entry[-40:]:<44}{form:>11}"
         for key, fmt, width in (("passed", ".3f", 8), ("loss", ".4f", 8)):
             if ("pass" if key == "passed" else "loss") in measure_list:
                 m, (lo, hi) = summary(runs, key)
@@ -194,6 +198,7 @@ def report(results):
         text += f"{mean([r['seconds'] for r in runs]) / 60:>8.1f}"
         lines.append(text)
         data["entries"][entry] = row
+    for runs in results.values():  # every finished run, also of an entry whose other seeds are still to come
         for r in runs:
             data["runs"][r["name"]] = r
     keys = list(finished)

@@ -246,6 +246,9 @@ def test_lambda_ramp_starts_at_the_base_and_reaches_the_paper(request, family, e
 
 def test_lambda_ramp_opens_the_negative_term_after_step_0(hf_tiny):
     m = adapted(hf_tiny[0], lambda_ramp=2)
+    with pytest.raises(ValueError, match="call difflora.set_lambda_ramp"):  # training it without the step: refused
+        train_steps(m, n=1)
+    set_lambda_ramp(m, 0)
     grads = train_steps(m, n=1)  # step 0: lambda is 0, so neither lambda nor the negative term gets a gradient
     closed = [n for n in grads if "lambda_" in n or "lora_q2" in n or "lora_k2" in n]
     assert closed and all(grads[n] is None or grads[n].abs().sum() == 0 for n in closed)
@@ -377,7 +380,11 @@ def test_adapter_round_trip(hf_tiny, tmp_path, method):
         m = perturb(apply_lora(GPT.from_pretrained(hf_tiny[0]), LoRAConfig(r=4, alpha=8))).eval()
     path = str(tmp_path / "adapter.safetensors")
     save_adapter(m, path, step=3)
-    fresh = load_adapter(GPT.from_pretrained(hf_tiny[0]), path).eval()
+    if method == "difflora-ramp":
+        with pytest.warns(UserWarning, match="saved at step 3 of its 4-step lambda ramp"):
+            fresh = load_adapter(GPT.from_pretrained(hf_tiny[0]), path).eval()
+    else:
+        fresh = load_adapter(GPT.from_pretrained(hf_tiny[0]), path).eval()
     idx = batch()[0]
     assert torch.equal(m(idx)[0], fresh(idx)[0])
     if method == "difflora-ramp":
