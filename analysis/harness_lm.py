@@ -82,7 +82,8 @@ class NanoLM(TemplateLM):
         self.enc = get_tokenizer(self.model.name_or_path)
         self.bos_token_id, self.eos_token_id = declared_tokens(self.model.name_or_path, self.enc)  # the base's, as load_trained found it
         self.specials = set(self.enc._special_tokens.values())
-        self.batch_size, self._max_gen_toks = int(batch_size), int(max_gen_toks)
+        # lm-eval's "auto" (find the largest batch that fits) is HFLM's own search: here it is 8; max_batch_size is unused
+        self.batch_size, self._max_gen_toks = 8 if batch_size == "auto" else int(batch_size), int(max_gen_toks)
 
     @property
     def eot_token_id(self):
