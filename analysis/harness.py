@@ -5,7 +5,7 @@ which gives the numbers lm-eval's own Hugging Face model gives on the same check
 
     python analysis/harness.py --models=smollm2 --tasks=nano_capitals_mc,nano_capitals_gen,nano_shakespeare
     python analysis/harness.py --models=smollm2,out-needle-difflora --tasks=nano_capitals_mc --num_fewshot=3
-    python analysis/harness.py config/paper/olmes.py --models=out-paper/difflora32 --device=cuda   # the paper's tasks (hub)
+    python analysis/harness.py config/harness_paper.py --models=out-paper/difflora32 --device=cuda   # the paper's tasks (hub)
 
 Tasks are lm-eval's (`lm-eval ls tasks`; most download their data from the hub) or YAML files
 under include_path: analysis/tasks holds this project's offline ones, on files in the repository
