@@ -62,14 +62,10 @@ What each variant computes at step 0 (before any update):
       the exp terms cancel and lambda is exactly 0; with GroupNorm off the logits equal the
       base model's. lambda still gets a gradient at step 1 and through it the negative term
       starts learning.
-  lambda_ramp=N (after axolotl's differential-transformer converter): the paper's form, but
-      the lambda every layer uses is min(1, step / N) times the learned one, so at step 0 each
-      head outputs o_pre exactly (the base model, GroupNorm off) and after N steps lambda is the
-      paper's (its depth schedule plus what it has learned). Unlike preserve, lambda_init stays
-      0.2-0.8 and the negative term keeps its random B: the model is pulled to the paper's
-      differential form, only gradually. At step 0 lambda and the negative term get no gradient
-      (the ramp is 0); from step 1 they do, scaled by the ramp, which Adam's normalised update
-      largely undoes: the ramp makes the forward pass gradual, not the learning.
+  lambda_ramp=N (after axolotl's converter): the paper's form with lambda times min(1, step / N),
+      so step 0 outputs o_pre exactly and from step N on lambda is the paper's (lambda_init
+      0.2-0.8, B random). Adam's normalised update undoes the ramp's scaling of the gradients
+      (none at step 0): the ramp makes the forward pass gradual, not the learning.
 
 Two ways to compute it, with the same parameters. The fused path uses
 (A1 - lambda A2) V = A1 V - lambda (A2 V): two scaled_dot_product_attention calls, one per map,

@@ -106,8 +106,7 @@ check(0 <= dropout < 1, "dropout", dropout, "a number in [0, 1)")
 check(learning_rate > 0, "learning_rate", learning_rate, "a number > 0")
 check(min_lr >= 0, "min_lr", min_lr, "a number >= 0")
 check(init_from != "scratch" or method == "full", "method", method, "full with init_from=scratch (every parameter is new)")
-check(method == "difflora" or not config["lambda_ramp"], "lambda_ramp", config["lambda_ramp"],
-      f"0 with method={method} (only DiffLoRA has a lambda to ramp)")
+check(method == "difflora" or not config["lambda_ramp"], "lambda_ramp", config["lambda_ramp"], f"0 with method={method}")
 check(n_embd % n_head == 0, "n_embd", n_embd, f"a multiple of n_head={n_head}")
 for name in METHODS:  # every method's settings, the unused ones too: a typo there is a mistake all the same
     dataclass_from_settings(METHODS[name], config, SETTING_NAMES)

@@ -17,14 +17,14 @@ with lm-eval's results dict per run (results[task][metric]) and the settings; wr
 model, so an interrupted evaluation keeps what it measured.
 """
 
-import json
 import os
+import pathlib
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the repository
-from checkpoints import save_json  # noqa: E402
+from checkpoints import save_atomically, save_json  # noqa: E402
 from configurator import check, configure, resolve_device, user_errors  # noqa: E402
 from runs import trained_config  # noqa: E402
 
@@ -101,9 +101,7 @@ def report(done):
             cells.append(text)
         lines.append(f"{key[0]:<22}{key[1]:<30}" + "".join(f"{c:>26}" for c in cells))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(table + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(table + ".tmp", table)
+    save_atomically(table, lambda tmp: pathlib.Path(tmp).write_text("\n".join(lines) + "\n"))
     save_json(out, {"command": lines[0][2:], "settings": config, "runs": done})
     return lines
 

@@ -35,6 +35,7 @@ compared: after changing analysis/code_eval.py, write to a new `out`).
 """
 
 import os
+import pathlib
 import sys
 import time
 
@@ -44,7 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the repository
 from analysis.code_eval import (generate_completion, mcnemar_p, paired_bootstrap, prompt_format, run_completion,  # noqa: E402
                                 solution_loss)
-from checkpoints import ALIASES, checkpoint_path, file_sha256, save_json  # noqa: E402
+from checkpoints import ALIASES, checkpoint_path, file_sha256, save_atomically, save_json  # noqa: E402
 from configurator import check, configure, resolve_device, user_errors  # noqa: E402
 from runs import load_trained, trained_config  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
@@ -218,9 +219,7 @@ def report(results):
                              f"{'*' if c['loss']['beyond_chance'] else ''}")
             lines.append(f"{eb} against {ea}: " + "; ".join(parts))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(out + ".tmp", out)
+    save_atomically(out, lambda tmp: pathlib.Path(tmp).write_text("\n".join(lines) + "\n"))
     save_json(out_json, data)
     return lines
 
