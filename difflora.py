@@ -87,7 +87,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from model import apply_rope, cache_extend, causal_attention, causal_mask, repeat_kv
-from speedups import adapter_deltas, lora_deltas
+from speedups import adapter_deltas
 
 VARIANTS = ("both", "negative", "shared")
 INITS = ("paper", "preserve")
@@ -167,7 +167,9 @@ class LoRA(nn.Module):
     """delta(x) = s · dropout(x) A B, s = alpha / r, for x (..., in): A (in, r), B (r, out), stored
     by nn.Linear as A.weight (r, in) and B.weight (out, r). A is kaiming-uniform, i.e.
     U(+-1/sqrt(in)); B is zero, or kaiming U(+-1/sqrt(r)) with random_b (the negative term).
-    The weight update s A B is s * B.weight @ A.weight in nn.Linear's (out, in) layout."""
+    The weight update s A B is s * B.weight @ A.weight in nn.Linear's (out, in) layout.
+    The layers below compute every adapter that reads one x together (speedups.adapter_deltas):
+    the same delta, and in training a mask of the same rate drawn another way (a test checks both)."""
 
     def __init__(self, in_features, out_features, r, alpha, dropout=0.0, random_b=False, like=None):
         super().__init__()
@@ -183,7 +185,7 @@ class LoRA(nn.Module):
         self.p = dropout
 
     def forward(self, x):
-        return lora_deltas(x, [self]).squeeze(0)  # s · dropout(x) A B: (..., in) -> (..., out)
+        return self.scale * self.B(self.A(F.dropout(x, self.p, self.training)))  # (..., in) -> (..., out)
 
     def delta_weight(self):
         return self.scale * self.B.weight @ self.A.weight  # (out, in)
@@ -207,7 +209,7 @@ class LoRALinear(nn.Module):
         if self.merged:
             return y
         ys = list(y.split(self.sizes, dim=-1))
-        deltas = adapter_deltas(x, list(self.lora.values()))  # every adapter of this map in one go
+        deltas = adapter_deltas(x, list(self.lora.values()))  # {lora: lora(x)}, every adapter of this map in one go
         for p, lora in self.lora.items():
             i = self.parts.index(p)
             ys[i] = ys[i] + deltas[lora]

@@ -13,7 +13,7 @@ from difflora import (LoRA, DiffLoRAAttention, DiffLoRAConfig, LoRAConfig, apply
                       set_attention_path, set_lambda_ramp, unmerge)
 from model import GPT, GPTConfig
 from runs import load_adapter, save_adapter
-from speedups import dropout_keep, lora_deltas
+from speedups import adapter_deltas, dropout_keep, lora_deltas
 
 SPEC_LAMBDA_INIT = [0.200000, 0.355509, 0.470713, 0.556058, 0.619283, 0.666122,
                     0.700821, 0.726526, 0.745569, 0.759677, 0.770128, 0.777870]
@@ -493,6 +493,26 @@ def test_lora_deltas_equal_each_adapter_on_its_own():
              for out in (fused, naive)]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_adapter_deltas_equal_the_plain_lora_forward():
+    """adapter_deltas (what the layers call) gives each adapter what LoRA.forward, the plain
+    s · dropout(x) A B, gives: equal values without dropout (adapters of two widths, as Q and a
+    grouped-query K), and in training a delta that dropout made differ from the eval one, in
+    expectation equal to it."""
+    torch.manual_seed(0)
+    loras = [LoRA(32, w, 4, 8.0, dropout=0.25, random_b=True) for w in (24, 8, 24)]
+    x = torch.randn(2, 5, 32)
+    for lo in loras:
+        lo.eval()
+    for lo, delta in adapter_deltas(x, loras).items():
+        torch.testing.assert_close(delta, lo(x), atol=1e-6, rtol=0, msg=lambda m: "eval: adapter_deltas != LoRA.forward\n" + m)
+    for lo in loras:
+        lo.train()
+    plain = loras[0](x)
+    mean = sum(adapter_deltas(x, loras)[loras[0]] for _ in range(4000)) / 4000
+    assert not torch.allclose(plain, loras[0].eval()(x)), "dropout in training changed nothing"
+    torch.testing.assert_close(mean, loras[0](x), atol=0.05, rtol=0, msg=lambda m: "training: the mean delta is not the eval delta\n" + m)
 
 
 def test_lora_deltas_dropout_gives_each_adapter_its_own_mask():
