@@ -60,12 +60,13 @@ def dataclass_settings(classes, names):
     """A script's settings made from dataclass fields: ({setting: default}, {setting: comment}),
     the comment being the one beside the field in its class's source. names: {field: setting}
     for fields that take another name (the others keep theirs); a tuple default becomes
-    comma-separated text; where classes share a field, the first class's default counts."""
+    comma-separated text. Classes share a field only through a common base class (one default)."""
     import dataclasses
     import inspect
     defaults, comments = {}, {}
     for cls in classes:
-        for line in inspect.getsource(cls).splitlines():
+        source = "".join(inspect.getsource(c) for c in cls.__mro__[:-1])  # its fields' lines and its bases' (not object's)
+        for line in source.splitlines():
             m = re.match(r"\s*(\w+): .*? = .*?(?:  # (.*))?$", line)
             if m and m.group(2):
                 comments.setdefault(names.get(m.group(1), m.group(1)), m.group(2).strip())

@@ -98,10 +98,21 @@ LORA_TARGETS = tuple(dict.fromkeys(GPT2_TARGETS + LLAMA_TARGETS + ("all",)))
 
 
 @dataclass
-class DiffLoRAConfig:
+class AdapterConfig:
+    """What DiffLoRA and LoRA share (train.py: --lora_rank, --lora_alpha, --lora_dropout), one default each."""
     r: int = 16                 # rank of every adapter (the paper's "right only" run doubles it to match the budget)
     alpha: float = 32.0         # scale s = alpha / r
     dropout: float = 0.1        # on x before each A, an independent mask per adapter (the paper's 0.1)
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise ValueError(f"rank r must be >= 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DiffLoRAConfig(AdapterConfig):
     variant: str = "both"       # both | negative | shared (see the module docstring)
     learn_lambda: bool = True   # False: lambda is fixed at lambda_init (the paper found 0.1 more stable)
     lambda_init: float | None = None  # None: the depth schedule; a number: that constant for every layer
@@ -116,7 +127,7 @@ class DiffLoRAConfig:
         for key, options in self.CHOICES.items():
             if getattr(self, key) not in options:
                 raise ValueError(f"{key} must be one of {options}, got {getattr(self, key)!r}")
-        check_rank_and_dropout(self)
+        super().__post_init__()
         if self.lambda_init is not None and not isinstance(self.lambda_init, (int, float)):
             raise ValueError(f"lambda_init must be None (the depth schedule) or a number, got {self.lambda_init!r}")
         if self.init == "preserve" and (self.groupnorm or not self.learn_lambda or self.lambda_init not in (None, 0)):
@@ -131,10 +142,7 @@ class DiffLoRAConfig:
 
 
 @dataclass
-class LoRAConfig:  # (train.py gives the fields both configs share DiffLoRAConfig's defaults: r 16, alpha 32, dropout 0.1)
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
+class LoRAConfig(AdapterConfig):
     targets: tuple = ("all",)  # GPT-2: q, k, v, attn_out, mlp_in, mlp_out; Llama: q, k, v, o, gate, up, down; or all
     CHOICES = dict(targets=LORA_TARGETS)  # targets: any of them (train.py takes them comma-separated)
 
@@ -143,19 +151,12 @@ class LoRAConfig:  # (train.py gives the fields both configs share DiffLoRAConfi
         bad = [t for t in self.targets if t not in LORA_TARGETS]
         if bad or not self.targets:
             raise ValueError(f"LoRA targets must be a non-empty subset of {LORA_TARGETS}, got {self.targets}")
-        check_rank_and_dropout(self)
+        super().__post_init__()
 
 
 # what train.py calls the fields the two configs share (the others keep their names: --variant, --init, ...)
 SETTING_NAMES = {"r": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "lora_targets"}
 METHODS = {"difflora": DiffLoRAConfig, "lora": LoRAConfig}
-
-
-def check_rank_and_dropout(config):
-    if config.r < 1:
-        raise ValueError(f"rank r must be >= 1, got {config.r}")
-    if not 0 <= config.dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
 
 
 def lambda_init_schedule(depth):

