@@ -293,11 +293,48 @@ if master:
     print(f"tokens per iteration: {'up to ' * data.chats}{examples_per_iter * block_size:,}; "
           f"{flops_per_token(raw_model, block_size) / 1e9:.2f} GFLOP per token")
 
+class Progress:
+    """The log line's bookkeeping, over the steps since the last line: ms per step, tokens per
+    second, MFU (model FLOPs per second over the chip's peak; padding counted, rank 0's batches
+    times the ranks) and the time left (the steps as timed just now, the evaluations as the last
+    one). Evaluation time is kept out of the steps' time."""
+
+    def __init__(self):
+        self.flops, self.eval_s, self.run_start, self.estimated = {}, 0.0, time.time(), False  # flops: per token, by length
+        self.restart()
+
+    def restart(self):
+        self.t0, self.steps, self.tokens, self.model_flops = time.time(), 0, 0, 0
+
+    def evaluated(self, seconds):
+        self.eval_s = seconds
+        self.restart()
+
+    def batch(self, x):
+        if x.size(1) not in self.flops:
+            self.flops[x.size(1)] = flops_per_token(raw_model, x.size(1))
+        self.tokens += x.numel() * world_size
+        self.model_flops += self.flops[x.size(1)] * x.numel() * world_size
+
+    def report(self, it):
+        """(ms per step, tokens per second, MFU text, seconds left) since the last report."""
+        elapsed = time.time() - self.t0
+        dt, tok_s = elapsed / self.steps, self.tokens / elapsed
+        mfu = f"{100 * self.model_flops / elapsed / peak:.1f}%" if peak else "n/a"
+        evals_left = max_iters // eval_interval - it // eval_interval + (max_iters % eval_interval != 0)
+        eta = dt * (max_iters - it) + self.eval_s * evals_left
+        self.restart()
+        return dt * 1000, tok_s, mfu, eta
+
+    def estimate_once(self, it, eta):
+        # once, from the second timed window: the first one holds the warm-up of the first steps
+        if not self.estimated and it - start_iter >= min(2 * log_interval, max_iters - start_iter):
+            print(f"estimated total time of this run: {(time.time() - self.run_start + eta) / 60:.1f} min")
+            self.estimated = True
+
+
 model.train()
-t0 = run_start = time.time()
-start_iter, eval_s, estimated = iter_num, 0.0, False
-window_steps = window_tokens = window_flops = 0  # the steps timed since t0, what they computed (padding included; rank 0's x processes)
-flops = {}  # per token, by sequence length
+start_iter, progress = iter_num, Progress()
 while True:
     resumed_here = start_iter > 0 and iter_num == start_iter  # the run that stopped here evaluated it already
     set_lambda_ramp(raw_model, iter_num)  # with lambda_ramp=N: lambda times min(1, iter_num / N), here and in this step
@@ -305,7 +342,6 @@ while True:
         t_eval = time.time()
         with compile_errors(compile):
             losses = estimate_loss()
-        eval_s = time.time() - t_eval  # for the time left
         if master:
             lams = lambdas()
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
@@ -319,7 +355,7 @@ while True:
                                                   iter_num=iter_num, best_val_loss=best_val_loss, config=config, base=base))
             save_json(os.path.join(out_dir, "metrics.json"), metrics)
             plot_curves(metrics, os.path.join(out_dir, "curves.png"), f"{method} on {os.path.basename(dataset)}, {os.path.basename(base)}")
-        t0, window_steps, window_tokens, window_flops = time.time(), 0, 0, 0  # evaluation time is not training time
+        progress.evaluated(time.time() - t_eval)
     if iter_num >= max_iters:
         break
 
@@ -331,10 +367,7 @@ while True:
         group["lr"] = lr
     for micro_step in range(gradient_accumulation_steps):
         x, y = data.get("train", train_examples(iter_num, micro_step))
-        if x.size(1) not in flops:
-            flops[x.size(1)] = flops_per_token(raw_model, x.size(1))
-        window_tokens += x.numel() * world_size
-        window_flops += flops[x.size(1)] * x.numel() * world_size
+        progress.batch(x)
         if ddp:  # sync gradients on the last micro step only
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         with compile_errors(compile):
@@ -349,24 +382,16 @@ while True:
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
-    window_steps += 1
+    progress.steps += 1
 
     if iter_num % log_interval == 0 and master:
         lossf = loss.item() * gradient_accumulation_steps  # .item() syncs: the timing below is real
-        elapsed = time.time() - t0
-        dt = elapsed / window_steps  # per step
-        tok_s, mfu = window_tokens / elapsed, f"{100 * window_flops / elapsed / peak:.1f}%" if peak else "n/a"
-        t0, window_steps, window_tokens, window_flops = time.time(), 0, 0, 0
+        ms, tok_s, mfu, eta = progress.report(iter_num)
         lam = f", lambda {[round(v, 3) for v in lambdas()]}" if method == "difflora" else ""
-        evals_left = max_iters // eval_interval - iter_num // eval_interval + (max_iters % eval_interval != 0)
-        eta = dt * (max_iters - iter_num) + eval_s * evals_left  # the steps as timed just now, the evaluations as the last one
-        print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms, "
-              f"{tok_s:,.0f} tok/s, mfu {mfu}{lam}, eta {eta / 60:.1f} min")
-        metrics["log"].append({"iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "tok_s": tok_s})
-        if not estimated and iter_num - start_iter >= min(2 * log_interval, max_iters - start_iter):
-            # once, from the second timed window: the first one holds the warm-up of the first steps
-            print(f"estimated total time of this run: {(time.time() - run_start + eta) / 60:.1f} min")
-            estimated = True
+        print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {ms:.0f} ms, {tok_s:,.0f} tok/s, mfu {mfu}{lam}, "
+              f"eta {eta / 60:.1f} min")
+        metrics["log"].append({"iter": iter_num, "loss": lossf, "lr": lr, "ms": ms, "tok_s": tok_s})
+        progress.estimate_once(iter_num, eta)
 
 if ddp:
     digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in trainable)).hexdigest()
@@ -381,5 +406,5 @@ if ddp:
     barrier()
     destroy_process_group()
 if master:
-    print(f"done: {iter_num} iterations in {(time.time() - run_start) / 60:.1f} min, best val loss {best_val_loss:.4f}; "
+    print(f"done: {iter_num} iterations in {(time.time() - progress.run_start) / 60:.1f} min, best val loss {best_val_loss:.4f}; "
           f"checkpoint in {out_dir}")
